@@ -1,0 +1,55 @@
+"""``shopseq``: one console script, one sub-command per stage.
+
+``shopseq <stage> [args]`` hands ``args`` to ``jobs.<module>.main(argv)``, the
+same function ``spark-submit`` and Databricks wheel tasks call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# stage -> (module with main(argv), one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "generate": ("jobs.generate", "write the synthetic event dataset (the embedded default input)"),
+    "ingest": ("jobs.ingest", "raw events -> validated bronze table + quarantine (raw -> bronze)"),
+    "sessionize": ("jobs.sessionize", "bronze -> sessionized silver events and a sessions table"),
+    "features": ("jobs.build_features", "silver -> point-in-time sequence examples, labels, profiles (gold)"),
+    "train": ("jobs.train", "train the multi-task sequence model with Horovod"),
+    "evaluate": ("jobs.evaluate", "evaluate the model against baselines; metrics table and report"),
+    "predict": ("jobs.predict", "batch predictions back to Delta"),
+    "run": ("jobs.run", "the whole pipeline, generate -> predict, in one command"),
+    "bench": ("jobs.bench", "benchmarks reported as ratios against a reference in the same run"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopseq",
+        description="E-commerce events -> Delta -> sequence features -> distributed PyTorch -> predictions.",
+        epilog="Run 'shopseq <stage> --help' for a stage's options. Every stage takes --env, --conf-dir and --set KEY=VALUE.",
+    )
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", title="stages")
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``argv`` to the stage's own ``main``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in STAGES:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"shopseq: error: unknown stage {argv[0]!r}; choose from {', '.join(STAGES)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0 if argv else 2
+    module = importlib.import_module(STAGES[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
