@@ -134,6 +134,19 @@ class TableIO:
             raise TableError(f"table {ref.name!r} does not exist at {ref.location}")
         return self._impl.read(ref, version, timestamp)
 
+    def files(self, name: str | TableRef, version: int | None = None) -> list[str]:
+        """URIs of the Parquet files of the table's snapshot (latest or ``version``).
+
+        For readers outside Spark (Petastorm, DuckDB): they must see exactly the
+        files of one snapshot, never a directory listing that includes orphans.
+        Partition values are not inside the files, so feed such readers
+        unpartitioned tables.
+        """
+        ref = self.ref(name)
+        if not self._impl.exists(ref):
+            raise TableError(f"table {ref.name!r} does not exist at {ref.location}")
+        return self._impl.files(ref, version)
+
     def history(self, name: str | TableRef) -> list[dict[str, Any]]:
         """Commits newest first: ``version``, ``timestamp`` (UTC datetime), ``operation``, ``metadata``."""
         return self._impl.history(self.ref(name))
@@ -235,6 +248,9 @@ class _DeltaSpark:
         if timestamp is not None:
             reader = reader.option("timestampAsOf", _ts_string(timestamp))
         return reader.table(ref.location) if ref.is_catalog else reader.load(ref.location)
+
+    def files(self, ref: TableRef, version: int | None) -> list[str]:
+        return sorted(self.read(ref, version, None).inputFiles())
 
     def history(self, ref: TableRef) -> list[dict[str, Any]]:
         rows = self._table(ref).history().select("version", "timestamp", "operation", "userMetadata", "operationMetrics").collect()
@@ -367,6 +383,12 @@ class _DeltaRs:
             )
 
     # ----------------------------------------------------------------- reads
+    def files(self, ref: TableRef, version: int | None) -> list[str]:
+        path = self._path(ref)
+        dt = self._open(ref, version)
+        self.refuse_unsupported(dt, path)
+        return ["file://" + os.path.join(path, unquote(f["path"])) for f in _add_action_rows(dt)]
+
     def read(self, ref: TableRef, version: int | None, timestamp: datetime | str | None) -> DataFrame:
         path = self._path(ref)
         dt = self._open(ref, version)
