@@ -1,0 +1,191 @@
+"""The multi-task sequence model: one shared encoder, four heads.
+
+Inputs are the gold arrays (all ``[B, L]``, padding index 0, padding on either
+side): ``item``, ``category``, ``event_type``, ``time_bucket``, ``hour``,
+``dow``, ``session_start`` (ints) and ``price`` (float). The encoder is a
+causal Transformer (SASRec-style) or a GRU (GRU4Rec-style); position ``t``
+sees only positions ``<= t``.
+
+Heads:
+- next item: scores against the item embedding table (weights tied), trained
+  at every valid position of the window (target = the item at ``t + 1``, and
+  the label's next item at the last position), with the full softmax or a
+  sampled softmax with log-Q correction for large catalogues;
+- next event type: same positions, a small softmax;
+- purchase within H_p and churn within H_c: logits from the last valid position.
+Censored labels are masked out of the loss, never counted as negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+INT_FEATURES = ("item", "category", "event_type", "time_bucket", "hour", "dow", "session_start")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes come from the gold schema artifact; the rest from ``train`` config."""
+
+    n_items: int
+    n_categories: int
+    n_event_types: int
+    max_len: int
+    n_time_buckets: int = 32
+    encoder: Literal["transformer", "gru"] = "transformer"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.1
+
+
+class SequenceEncoder(nn.Module):
+    """Embeds the feature arrays and encodes them causally into ``[B, L, dim]``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.item = nn.Embedding(cfg.n_items, d, padding_idx=0)
+        self.category = nn.Embedding(cfg.n_categories, d, padding_idx=0)
+        self.event_type = nn.Embedding(cfg.n_event_types, d, padding_idx=0)
+        self.time_bucket = nn.Embedding(cfg.n_time_buckets, d)
+        self.hour = nn.Embedding(24, d)
+        self.dow = nn.Embedding(7, d)
+        self.session_start = nn.Embedding(2, d)
+        self.price = nn.Linear(1, d)
+        self.position = nn.Embedding(cfg.max_len, d)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.encoder == "transformer":
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True)
+            self.body: nn.Module = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        else:
+            self.body = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        item = batch["item"].long()
+        valid = item != 0
+        L = item.shape[1]
+        x = (
+            self.item(item)
+            + self.category(batch["category"].long())
+            + self.event_type(batch["event_type"].long())
+            + self.time_bucket(batch["time_bucket"].long().clamp(0, self.cfg.n_time_buckets - 1))
+            + self.hour(batch["hour"].long().clamp(0, 23))
+            + self.dow(batch["dow"].long().clamp(0, 6))
+            + self.session_start(batch["session_start"].long().clamp(0, 1))
+            + self.price(batch["price"].float().unsqueeze(-1))
+            + self.position(torch.arange(L, device=item.device)).unsqueeze(0)
+        )
+        x = self.drop(self.norm(x)) * valid.unsqueeze(-1)
+        if isinstance(self.body, nn.GRU):
+            out, _ = self.body(x)
+        else:
+            out = self.body(x, mask=attention_mask(valid, self.cfg.heads))
+        return out * valid.unsqueeze(-1)
+
+
+class MultiTaskModel(nn.Module):
+    """Encoder + next-item, next-action, purchase and churn heads."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = SequenceEncoder(cfg)
+        self.action_head = nn.Linear(cfg.dim, cfg.n_event_types)
+        self.purchase_head = nn.Linear(cfg.dim, 1)
+        self.churn_head = nn.Linear(cfg.dim, 1)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        h = self.encoder(batch)  # [B, L, d]
+        last = last_valid_index(batch["item"])
+        h_last = h[torch.arange(h.shape[0], device=h.device), last]  # [B, d]
+        return {
+            "hidden": h,
+            "hidden_last": h_last,
+            "action_logits": self.action_head(h),
+            "purchase_logit": self.purchase_head(h_last).squeeze(-1),
+            "churn_logit": self.churn_head(h_last).squeeze(-1),
+        }
+
+    def item_scores(self, hidden: Tensor) -> Tensor:
+        """Scores of every item for hidden states ``[..., d]`` (full catalogue, tied weights)."""
+        return hidden @ self.encoder.item.weight.T
+
+
+def attention_mask(valid: Tensor, heads: int) -> Tensor:
+    """``[B*heads, L, L]`` bool, True = blocked: the future and padding keys.
+
+    The diagonal stays open so a padding row (which is masked out later) never
+    attends to nothing, which would produce NaN.
+    """
+    L = valid.shape[1]
+    eye = torch.eye(L, dtype=torch.bool, device=valid.device)
+    causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=valid.device), diagonal=1)
+    blocked = (causal.unsqueeze(0) | ~valid.unsqueeze(1)) & ~eye.unsqueeze(0)
+    return blocked.repeat_interleave(heads, dim=0)
+
+
+def last_valid_index(item: Tensor) -> Tensor:
+    """Index of the last non-padding position per row (0 for an all-padding row)."""
+    L = item.shape[1]
+    pos = torch.arange(L, device=item.device).expand_as(item)
+    return torch.where(item != 0, pos, torch.zeros_like(pos)).max(dim=1).values
+
+
+def next_targets(seq: Tensor, label: Tensor, label_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-position targets: ``seq[t+1]`` inside the window, ``label`` at the last valid position.
+
+    Returns ``(targets [B, L], mask [B, L] bool)``; padding and censored
+    labels are masked out.
+    """
+    B, L = seq.shape
+    valid = seq != 0
+    shifted = torch.cat([seq[:, 1:], torch.zeros(B, 1, dtype=seq.dtype, device=seq.device)], dim=1)
+    nxt_valid = torch.cat([valid[:, 1:], torch.zeros(B, 1, dtype=torch.bool, device=seq.device)], dim=1)
+    targets = torch.where(valid & nxt_valid, shifted, torch.zeros_like(seq))
+    mask = valid & nxt_valid
+    last = last_valid_index(seq)
+    rows = torch.arange(B, device=seq.device)
+    has_label = label_mask.bool() & valid[rows, last]
+    targets[rows[has_label], last[has_label]] = label[has_label].to(seq.dtype)
+    mask[rows[has_label], last[has_label]] = True
+    return targets.long(), mask
+
+
+def next_item_loss(model: MultiTaskModel, hidden: Tensor, targets: Tensor, mask: Tensor, num_negatives: int = 0, log_q: Tensor | None = None) -> Tensor:
+    """Cross-entropy of the next item over masked positions.
+
+    ``num_negatives == 0``: full softmax over the catalogue. Otherwise a sampled
+    softmax: ``num_negatives`` items drawn from the proposal ``q`` (shared by the
+    batch), with the log-Q correction subtracting ``log q`` from every logit so
+    the estimate is unbiased for popular items (Yi et al., 2019).
+    """
+    h = hidden[mask]  # [N, d]
+    y = targets[mask]
+    if h.shape[0] == 0:
+        return hidden.sum() * 0.0
+    if num_negatives <= 0:
+        return F.cross_entropy(model.item_scores(h), y)
+    assert log_q is not None, "sampled softmax needs the proposal's log probabilities"
+    weight = model.encoder.item.weight
+    neg = torch.multinomial(log_q.exp(), num_negatives, replacement=True)  # [K]
+    pos_logit = (h * weight[y]).sum(-1, keepdim=True) - log_q[y].unsqueeze(-1)
+    neg_logit = h @ weight[neg].T - log_q[neg].unsqueeze(0)
+    neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == y.unsqueeze(-1), float("-inf"))  # accidental hits
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros(h.shape[0], dtype=torch.long, device=h.device))
+
+
+def masked_bce(logit: Tensor, label: Tensor, mask: Tensor) -> Tensor:
+    """Binary cross-entropy over rows whose label is not censored (``mask == 1``)."""
+    m = mask.bool()
+    if not m.any():
+        return logit.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logit[m], label[m].float())
