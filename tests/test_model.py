@@ -8,25 +8,34 @@ import torch
 from training.model import MultiTaskModel, ModelConfig, masked_bce, next_item_loss, next_targets
 
 
+SEQ = {"item_idx_seq": "item", "category_idx_seq": "category", "event_type_idx_seq": "event_type", "hour_seq": "hour", "price_seq": None}
+
+
 def _batch(items: list[list[int]]) -> dict[str, torch.Tensor]:
     item = torch.tensor(items)
     valid = (item != 0).long()
-    return {
-        "item": item,
-        "category": valid * 2,
-        "event_type": valid * 3,
-        "time_bucket": valid * 4,
-        "hour": valid * 5,
-        "dow": valid * 1,
-        "session_start": torch.zeros_like(item),
-        "price": valid.float() * 0.5,
-    }
+    return {"item_idx_seq": item, "category_idx_seq": valid * 2, "event_type_idx_seq": valid * 3, "hour_seq": valid * 5, "price_seq": valid.float() * 0.5}
 
 
 def _model(encoder: str) -> MultiTaskModel:
     torch.manual_seed(0)
-    m = MultiTaskModel(ModelConfig(n_items=10, n_categories=5, n_event_types=6, max_len=5, encoder=encoder, dim=16, heads=2, dropout=0.0))
-    return m.eval()
+    sizes = {"item": 10, "category": 5, "event_type": 6, "hour": 25}
+    cfg = ModelConfig(embedding_sizes=sizes, sequence_features=SEQ, max_len=5, n_event_types=6, encoder=encoder, dim=16, heads=2, dropout=0.0)
+    return MultiTaskModel(cfg).eval()
+
+
+def test_config_from_schema_artifact():
+    schema = {
+        "max_len": 5,
+        "embedding_sizes": {"item": 10, "category": 5, "event_type": 6, "hour": 25},
+        "columns": [
+            {"name": "user_id", "shape": [], "role": "id"},
+            *[{"name": c, "shape": [5], "role": "sequence", **({"embedding": e} if e else {})} for c, e in SEQ.items()],
+            {"name": "seq_len", "shape": [], "role": "sequence"},
+        ],
+    }
+    cfg = ModelConfig.from_schema(schema, dim=16)
+    assert cfg.sequence_features == SEQ and cfg.n_event_types == 6 and cfg.max_len == 5 and cfg.dim == 16
 
 
 @pytest.mark.parametrize("encoder", ["transformer", "gru"])
@@ -50,8 +59,8 @@ def test_padding_is_masked_left_or_right(encoder):
     for items in ([[0, 0, 3, 4, 5]], [[3, 4, 5, 0, 0]]):
         clean = _batch(items)
         dirty = {k: v.clone() for k, v in clean.items()}
-        pad = clean["item"] == 0
-        dirty["category"][pad], dirty["price"][pad], dirty["hour"][pad] = 4, 99.0, 23  # garbage under padding
+        pad = clean["item_idx_seq"] == 0
+        dirty["category_idx_seq"][pad], dirty["price_seq"][pad], dirty["hour_seq"][pad] = 4, 99.0, 23  # garbage under padding
         a, b = model(clean)["hidden"], model(dirty)["hidden"]
         assert torch.count_nonzero(a[pad]) == 0  # padding outputs are exactly zero
         torch.testing.assert_close(a[~pad], b[~pad])  # valid positions never see what padding holds
@@ -68,7 +77,7 @@ def test_losses_mask_censored_and_sampled_softmax_is_finite():
     model = _model("gru")
     batch = _batch([[0, 3, 4, 5], [6, 7, 8, 2]])
     out = model(batch)
-    targets, mask = next_targets(batch["item"], torch.tensor([9, 1]), torch.tensor([1, 1]))
+    targets, mask = next_targets(batch["item_idx_seq"], torch.tensor([9, 1]), torch.tensor([1, 1]))
     full = next_item_loss(model, out["hidden"], targets, mask)
     log_q = torch.log(torch.full((10,), 0.1))
     torch.manual_seed(1)

@@ -1,8 +1,10 @@
 """The multi-task sequence model: one shared encoder, four heads.
 
-Inputs are the gold arrays (all ``[B, L]``, padding index 0, padding on either
-side): ``item``, ``category``, ``event_type``, ``time_bucket``, ``hour``,
-``dow``, ``session_start`` (ints) and ``price`` (float). The encoder is a
+Inputs are the gold arrays named in the schema artifact (all ``[B, L]``,
+padding index 0, padding on either side): ``item_idx_seq``, ``category_idx_seq``,
+``event_type_idx_seq``, ``dt_bucket_seq``, ``hour_seq``, ``dow_seq``,
+``session_start_seq`` (ints, each with its embedding table) and ``price_seq``
+(float, projected linearly). The encoder is a
 causal Transformer (SASRec-style) or a GRU (GRU4Rec-style); position ``t``
 sees only positions ``<= t``.
 
@@ -25,23 +27,33 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-INT_FEATURES = ("item", "category", "event_type", "time_bucket", "hour", "dow", "session_start")
+ITEM_FEATURE = "item_idx_seq"  # the sequence whose embedding table also scores next items (tied weights)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes come from the gold schema artifact; the rest from ``train`` config."""
+    """Sizes come from the gold schema artifact (``schema.json``); the rest from ``train`` config.
 
-    n_items: int
-    n_categories: int
-    n_event_types: int
+    ``sequence_features`` maps each ``[B, L]`` gold column to the embedding
+    table it uses, or ``None`` for a float feature (projected linearly).
+    """
+
+    embedding_sizes: dict[str, int]
+    sequence_features: dict[str, str | None]
     max_len: int
-    n_time_buckets: int = 32
+    n_event_types: int
     encoder: Literal["transformer", "gru"] = "transformer"
     dim: int = 64
     layers: int = 2
     heads: int = 2
     dropout: float = 0.1
+
+    @classmethod
+    def from_schema(cls, schema: dict, **train: object) -> "ModelConfig":
+        """Build from the gold schema artifact written by ``shopseq features``."""
+        seq = {c["name"]: c.get("embedding") for c in schema["columns"] if c.get("role") == "sequence" and c["shape"]}
+        sizes = dict(schema["embedding_sizes"])
+        return cls(embedding_sizes=sizes, sequence_features=seq, max_len=int(schema["max_len"]), n_event_types=sizes["event_type"], **train)  # type: ignore[arg-type]
 
 
 class SequenceEncoder(nn.Module):
@@ -51,14 +63,8 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
-        self.item = nn.Embedding(cfg.n_items, d, padding_idx=0)
-        self.category = nn.Embedding(cfg.n_categories, d, padding_idx=0)
-        self.event_type = nn.Embedding(cfg.n_event_types, d, padding_idx=0)
-        self.time_bucket = nn.Embedding(cfg.n_time_buckets, d)
-        self.hour = nn.Embedding(24, d)
-        self.dow = nn.Embedding(7, d)
-        self.session_start = nn.Embedding(2, d)
-        self.price = nn.Linear(1, d)
+        self.tables = nn.ModuleDict({name: nn.Embedding(size, d, padding_idx=0) for name, size in cfg.embedding_sizes.items()})
+        self.numeric = nn.ModuleDict({col.replace(".", "_"): nn.Linear(1, d) for col, emb in cfg.sequence_features.items() if emb is None})
         self.position = nn.Embedding(cfg.max_len, d)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
@@ -68,21 +74,21 @@ class SequenceEncoder(nn.Module):
         else:
             self.body = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
 
+    @property
+    def item_table(self) -> nn.Embedding:
+        return self.tables[self.cfg.sequence_features[ITEM_FEATURE]]  # type: ignore[index,return-value]
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        item = batch["item"].long()
+        item = batch[ITEM_FEATURE].long()
         valid = item != 0
         L = item.shape[1]
-        x = (
-            self.item(item)
-            + self.category(batch["category"].long())
-            + self.event_type(batch["event_type"].long())
-            + self.time_bucket(batch["time_bucket"].long().clamp(0, self.cfg.n_time_buckets - 1))
-            + self.hour(batch["hour"].long().clamp(0, 23))
-            + self.dow(batch["dow"].long().clamp(0, 6))
-            + self.session_start(batch["session_start"].long().clamp(0, 1))
-            + self.price(batch["price"].float().unsqueeze(-1))
-            + self.position(torch.arange(L, device=item.device)).unsqueeze(0)
-        )
+        x = self.position(torch.arange(L, device=item.device)).unsqueeze(0)
+        for col, emb in self.cfg.sequence_features.items():
+            if emb is None:
+                x = x + self.numeric[col.replace(".", "_")](batch[col].float().unsqueeze(-1))
+            else:
+                size = self.cfg.embedding_sizes[emb]
+                x = x + self.tables[emb](batch[col].long().clamp(0, size - 1))
         x = self.drop(self.norm(x)) * valid.unsqueeze(-1)
         if isinstance(self.body, nn.GRU):
             out, _ = self.body(x)
@@ -104,7 +110,7 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.encoder(batch)  # [B, L, d]
-        last = last_valid_index(batch["item"])
+        last = last_valid_index(batch[ITEM_FEATURE])
         h_last = h[torch.arange(h.shape[0], device=h.device), last]  # [B, d]
         return {
             "hidden": h,
@@ -116,7 +122,7 @@ class MultiTaskModel(nn.Module):
 
     def item_scores(self, hidden: Tensor) -> Tensor:
         """Scores of every item for hidden states ``[..., d]`` (full catalogue, tied weights)."""
-        return hidden @ self.encoder.item.weight.T
+        return hidden @ self.encoder.item_table.weight.T
 
 
 def attention_mask(valid: Tensor, heads: int) -> Tensor:
@@ -174,7 +180,7 @@ def next_item_loss(model: MultiTaskModel, hidden: Tensor, targets: Tensor, mask:
     if num_negatives <= 0:
         return F.cross_entropy(model.item_scores(h), y)
     assert log_q is not None, "sampled softmax needs the proposal's log probabilities"
-    weight = model.encoder.item.weight
+    weight = model.encoder.item_table.weight
     neg = torch.multinomial(log_q.exp(), num_negatives, replacement=True)  # [K]
     pos_logit = (h * weight[y]).sum(-1, keepdim=True) - log_q[y].unsqueeze(-1)
     neg_logit = h @ weight[neg].T - log_q[neg].unsqueeze(0)

@@ -1,0 +1,255 @@
+"""The training loop, one function for every launcher: ``train_fn(params)``.
+
+Self-contained and picklable: it imports inside, reads its own shard, and runs
+the same in one process (``params.distributed = False``), in Horovod ranks
+started by ``horovod.spark.run`` or ``horovodrun``, on CPU (gloo) or one GPU
+per rank. Only rank 0 logs, writes checkpoints and returns the history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainParams:
+    """Everything a rank needs, resolved on the driver (no Spark inside ranks)."""
+
+    schema: dict[str, Any]
+    train_files: list[str]
+    val_files: list[str]
+    checkpoint_dir: str
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig kwargs: encoder, dim, layers, heads, dropout
+    batch_size: int = 256
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5})
+    num_negatives: int = 0  # 0: full softmax; > 0: sampled softmax with log-Q correction
+    item_counts: list[int] | None = None  # item frequencies (index order) for the sampled softmax proposal
+    seed: int = 7
+    resume: bool = True
+    patience: int = 2  # early stopping: epochs without validation improvement
+    amp: bool = False
+    deterministic: bool = False
+    workers: int = 2
+    max_steps_per_epoch: int | None = None  # quick mode
+    distributed: bool = True
+    lineage: dict[str, Any] = field(default_factory=dict)  # vocab version, gold versions: saved in checkpoints
+
+
+def train_fn(params: TrainParams) -> dict[str, Any]:
+    """Train, validate each epoch, checkpoint on rank 0, resume from the last checkpoint."""
+    import numpy as np
+    import torch
+
+    from training.data import model_columns, petastorm_batches, steps_per_epoch
+    from training.metrics import batch_ranking_sums, roc_auc
+    from training.model import ITEM_FEATURE, ModelConfig, MultiTaskModel, masked_bce, next_item_loss, next_targets
+
+    hvd = _init_horovod(params.distributed)
+    rank, size = (hvd.rank(), hvd.size()) if hvd else (0, 1)
+    if hvd and not torch.cuda.is_available():
+        # Distributed only: ranks share the host's cores; one thread each avoids oversubscription.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        # Distributed only: one GPU per rank, pinned by local rank.
+        torch.cuda.set_device(hvd.local_rank() if hvd else 0)
+        device = torch.device("cuda")
+    if params.deterministic:
+        # Bit-reproducible runs (resume tests): one intra-op thread, deterministic kernels.
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(params.seed)
+    np.random.seed(params.seed)
+
+    model = MultiTaskModel(ModelConfig.from_schema(params.schema, **params.model)).to(device)
+    # Distributed only: the learning rate scales with the number of ranks (the global batch grows with it).
+    optimizer: Any = torch.optim.AdamW(model.parameters(), lr=params.lr * size, weight_decay=params.weight_decay)
+    start_epoch, best, history, bad_epochs = 0, -math.inf, [], 0
+    ckpt = _latest_checkpoint(params.checkpoint_dir) if params.resume else None
+    if ckpt and rank == 0:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, history, bad_epochs = state["epoch"] + 1, state["best"], state["history"], state["bad_epochs"]
+        log.info("resumed from %s (next epoch %d)", ckpt, start_epoch)
+    if hvd:
+        # Distributed only: every rank starts from rank 0's weights, optimizer state and progress.
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        start_epoch, best, history, bad_epochs = hvd.broadcast_object((start_epoch, best, history, bad_epochs), root_rank=0)
+        # Distributed only: gradients are averaged across ranks by allreduce in step().
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+
+    columns = model_columns(params.schema)
+    steps = steps_per_epoch(params.train_files, params.batch_size, size)
+    if params.max_steps_per_epoch:
+        steps = min(steps, params.max_steps_per_epoch)
+    log_q = None
+    if params.num_negatives > 0:
+        counts = torch.tensor(params.item_counts or [1] * params.schema["embedding_sizes"]["item"], dtype=torch.float)
+        counts[0] = 0  # never sample padding
+        log_q = torch.log((counts + 1e-3) / (counts + 1e-3).sum()).to(device)
+    use_amp = params.amp
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if use_amp and device.type == "cuda" else None
+    weights = params.loss_weights
+
+    def losses(batch: dict[str, Any]) -> dict[str, Any]:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            out = model(batch)
+        hidden = out["hidden"].float()
+        t_item, m_item = next_targets(batch[ITEM_FEATURE].long(), batch["next_item_idx"].long(), batch["next_label_mask"])
+        t_act, m_act = next_targets(batch["event_type_idx_seq"].long(), batch["next_event_type_idx"].long(), batch["next_label_mask"])
+        parts = {
+            "next_item": next_item_loss(model, hidden, t_item, m_item, params.num_negatives, log_q),
+            "next_action": torch.nn.functional.cross_entropy(out["action_logits"].float()[m_act], t_act[m_act]) if m_act.any() else hidden.sum() * 0,
+            "purchase": masked_bce(out["purchase_logit"].float(), batch["purchase_label"], batch["purchase_label_mask"]),
+            "churn": masked_bce(out["churn_logit"].float(), batch["churn_label"], batch["churn_label_mask"]),
+        }
+        parts["total"] = sum(weights.get(k, 0.0) * v for k, v in parts.items())
+        return parts
+
+    stopped_early = False
+    for epoch in range(start_epoch, params.epochs):
+        model.train()
+        torch.manual_seed(params.seed * 1000 + epoch)  # dropout and sampling: reproducible per epoch, so resume matches
+        t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros(5)
+        for batch in petastorm_batches(params.train_files, columns, params.batch_size, rank, size, params.seed + epoch, steps, True, params.workers, params.deterministic):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            parts = losses(batch)
+            optimizer.zero_grad()
+            if scaler is not None:
+                scaler.scale(parts["total"]).backward()
+                if hvd:
+                    optimizer.synchronize()  # Distributed only: allreduce before unscaling
+                scaler.unscale_(optimizer)
+                if hvd:
+                    with optimizer.skip_synchronize():
+                        scaler.step(optimizer)
+                else:
+                    scaler.step(optimizer)
+                scaler.update()
+            else:
+                parts["total"].backward()
+                optimizer.step()
+            seen += len(batch[ITEM_FEATURE])
+            loss_sum += torch.tensor([parts[k].item() for k in ("total", "next_item", "next_action", "purchase", "churn")])
+        elapsed = time.perf_counter() - t0
+        train_loss = loss_sum / max(1, steps)
+        samples = torch.tensor([float(seen)])
+        if hvd:
+            # Distributed only: average the losses and sum the throughput across ranks.
+            train_loss = hvd.allreduce(train_loss, name=f"train_loss_{epoch}")
+            samples = hvd.allreduce(samples, op=hvd.Sum, name=f"samples_{epoch}")
+        val = _validate(model, params, columns, rank, size, hvd, device, batch_ranking_sums, roc_auc)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(train_loss[0]),
+            "train_loss_parts": {k: float(v) for k, v in zip(("next_item", "next_action", "purchase", "churn"), train_loss[1:])},
+            "samples_per_s": float(samples[0]) / elapsed if elapsed > 0 else 0.0,
+            "steps": steps,
+            **val,
+        }
+        history.append(row)
+        score = val.get("val_ndcg@10", 0.0)
+        improved = score > best
+        best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
+        if rank == 0:
+            log.info("epoch %d: loss %.4f, %.0f samples/s, val ndcg@10 %.4f, purchase auc %s", epoch, row["train_loss"], row["samples_per_s"], score, val.get("val_purchase_auc"))
+            _save_checkpoint(params, model, optimizer, epoch, best, history, bad_epochs, improved)
+        if bad_epochs >= params.patience:
+            stopped_early = True
+            if rank == 0:
+                log.info("early stopping after epoch %d (no val ndcg@10 gain for %d epochs)", epoch, bad_epochs)
+            break
+    digest = float(sum(p.detach().double().sum().item() for p in model.parameters()))
+    return {"rank": rank, "size": size, "history": history, "weights_digest": digest, "stopped_early": stopped_early, "best": best}
+
+
+def _init_horovod(distributed: bool) -> Any:
+    if not distributed:
+        return None
+    import horovod.torch as hvd
+
+    hvd.init()
+    return hvd
+
+
+def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, size: int, hvd: Any, device: Any, ranking: Any, auc: Any) -> dict[str, float]:
+    """Next-item HR/NDCG@10 and purchase/churn AUC on the validation files (every rank its shard)."""
+    import numpy as np
+    import torch
+
+    from training.data import petastorm_batches
+
+    if not params.val_files:
+        return {}
+    model.eval()
+    sums = torch.zeros(3)  # hits@10, ndcg@10, n
+    scores: dict[str, list[np.ndarray]] = {"purchase": [], "churn": []}
+    labels: dict[str, list[np.ndarray]] = {"purchase": [], "churn": []}
+    with torch.no_grad():
+        for batch in petastorm_batches(params.val_files, columns, params.batch_size, rank, size, params.seed, None, False, params.workers, True):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(batch)
+            sums += ranking(model.item_scores(out["hidden_last"].float()), batch["next_item_idx"], batch["next_label_mask"], k=10)
+            for task in ("purchase", "churn"):
+                m = batch[f"{task}_label_mask"].bool()
+                scores[task].append(torch.sigmoid(out[f"{task}_logit"].float()[m]).cpu().numpy())
+                labels[task].append(batch[f"{task}_label"][m].cpu().numpy())
+    gathered = {t: (np.concatenate(scores[t]) if scores[t] else np.zeros(0), np.concatenate(labels[t]) if labels[t] else np.zeros(0)) for t in scores}
+    if hvd:
+        # Distributed only: metrics over the whole validation set, not one shard.
+        sums = hvd.allreduce(sums, op=hvd.Sum, name="val_sums")
+        parts = hvd.allgather_object(gathered, name="val_scores")
+        gathered = {t: (np.concatenate([p[t][0] for p in parts]), np.concatenate([p[t][1] for p in parts])) for t in gathered}
+    n = max(1.0, float(sums[2]))
+    out_metrics = {"val_hr@10": float(sums[0]) / n, "val_ndcg@10": float(sums[1]) / n, "val_examples": float(sums[2])}
+    for task, (s, y) in gathered.items():
+        out_metrics[f"val_{task}_auc"] = auc(y, s)
+    return out_metrics
+
+
+def _latest_checkpoint(directory: str) -> str | None:
+    path = os.path.join(directory, "last.pt")
+    return path if os.path.exists(path) else None
+
+
+def _save_checkpoint(params: TrainParams, model: Any, optimizer: Any, epoch: int, best: float, history: list, bad_epochs: int, improved: bool) -> None:
+    """Rank 0 only: ``epoch-NNNN.pt``, then ``last.pt`` (and ``best.pt``) atomically via rename."""
+    import torch
+
+    os.makedirs(params.checkpoint_dir, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "bad_epochs": bad_epochs,
+        "history": history,
+        "schema": params.schema,
+        "model_config": params.model,
+        "params": {k: v for k, v in asdict(params).items() if k not in ("schema", "item_counts", "train_files", "val_files")},
+        "lineage": params.lineage,
+    }
+    path = os.path.join(params.checkpoint_dir, f"epoch-{epoch:04d}.pt")
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for name in ("last.pt",) + (("best.pt",) if improved else ()):
+        link_tmp = os.path.join(params.checkpoint_dir, name + ".tmp")
+        torch.save(state, link_tmp)
+        os.replace(link_tmp, os.path.join(params.checkpoint_dir, name))
+    with open(os.path.join(params.checkpoint_dir, "history.json"), "w") as fh:
+        json.dump(history, fh, indent=1)
