@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --upgrade "pip>=24" "setuptools>=77" wheel
 	# torch first, exact version: the CPU wheel shipped on this machine (another spec pulls CUDA builds).
 	$(PIP) install -q -c constraints.txt torch==$(TORCH_VERSION)
-	$(PIP) install -q -c constraints.txt -e '.[local,bench,test,notebook]'
+	$(PIP) install -q -c constraints.txt -e '.[local,bench,tracking,test,notebook]'
 	$(MAKE) --no-print-directory horovod
 	$(PY) -c "import pyspark, deltalake, petastorm, torch, horovod.torch; print('stack:', 'pyspark', pyspark.__version__, '| deltalake', deltalake.__version__, '| petastorm', petastorm.__version__, '| torch', torch.__version__, '| horovod', horovod.__version__)"
 	touch $(STAMP)

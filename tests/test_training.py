@@ -94,3 +94,10 @@ def test_two_gloo_ranks_via_horovod_spark_run(gold, tmp_path, spark):
     losses = [h["train_loss"] for h in results[0]["history"]]
     assert losses[1] < losses[0]
     assert (tmp_path / "hvd" / "last.pt").exists()
+
+
+def test_in_memory_source_runs_the_same_loop(gold, tmp_path):
+    res = train_fn(_params(gold, tmp_path / "mem", source="memory", epochs=2))
+    steps = res["history"][0]["steps"]
+    assert steps == 512 // 32  # whole batches of the single shard
+    assert res["history"][1]["train_loss"] < res["history"][0]["train_loss"]

@@ -44,6 +44,9 @@ class TrainParams:
     max_steps_per_epoch: int | None = None  # quick mode
     distributed: bool = True
     lineage: dict[str, Any] = field(default_factory=dict)  # vocab version, gold versions: saved in checkpoints
+    source: str = "petastorm"  # "petastorm" (streamed) | "memory" (this rank's shard preloaded as tensors: benchmark reference)
+    mlflow_tracking_uri: str | None = None  # rank 0 logs per-epoch metrics into mlflow_run_id
+    mlflow_run_id: str | None = None
 
 
 def train_fn(params: TrainParams) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from training.data import model_columns, petastorm_batches, steps_per_epoch
+    from training.data import load_tensors, model_columns, petastorm_batches, shard_files, steps_per_epoch, tensor_batches
     from training.metrics import batch_ranking_sums, roc_auc
     from training.model import ITEM_FEATURE, ModelConfig, MultiTaskModel, masked_bce, next_item_loss, next_targets
 
@@ -120,12 +123,19 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
         parts["total"] = sum(weights.get(k, 0.0) * v for k, v in parts.items())
         return parts
 
+    in_memory = load_tensors(shard_files(params.train_files, rank, size), columns) if params.source == "memory" else None
+
+    def epoch_batches(epoch: int) -> Any:
+        if in_memory is not None:
+            return tensor_batches(in_memory, params.batch_size, 0, 1, params.seed + epoch, steps)
+        return petastorm_batches(params.train_files, columns, params.batch_size, rank, size, params.seed + epoch, steps, True, params.workers, params.deterministic)
+
     stopped_early = False
     for epoch in range(start_epoch, params.epochs):
         model.train()
         torch.manual_seed(params.seed * 1000 + epoch)  # dropout and sampling: reproducible per epoch, so resume matches
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros(5)
-        for batch in petastorm_batches(params.train_files, columns, params.batch_size, rank, size, params.seed + epoch, steps, True, params.workers, params.deterministic):
+        for batch in epoch_batches(epoch):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             parts = losses(batch)
             optimizer.zero_grad()
@@ -168,6 +178,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
         if rank == 0:
             log.info("epoch %d: loss %.4f, %.0f samples/s, val ndcg@10 %.4f, purchase auc %s", epoch, row["train_loss"], row["samples_per_s"], score, val.get("val_purchase_auc"))
             _save_checkpoint(params, model, optimizer, epoch, best, history, bad_epochs, improved)
+            _track(params, row)
         if bad_epochs >= params.patience:
             stopped_early = True
             if rank == 0:
@@ -175,6 +186,21 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
             break
     digest = float(sum(p.detach().double().sum().item() for p in model.parameters()))
     return {"rank": rank, "size": size, "history": history, "weights_digest": digest, "stopped_early": stopped_early, "best": best}
+
+
+def _track(params: TrainParams, row: dict[str, Any]) -> None:
+    """Rank 0: this epoch's metrics into the MLflow run the driver opened."""
+    if not (params.mlflow_tracking_uri and params.mlflow_run_id):
+        return
+    from mlflow.tracking import MlflowClient
+
+    flat = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v)}
+    flat.update({f"train_loss_{k}": v for k, v in row["train_loss_parts"].items()})
+    client = MlflowClient(tracking_uri=params.mlflow_tracking_uri)
+    ts = int(time.time() * 1000)
+    from mlflow.entities import Metric
+
+    client.log_batch(params.mlflow_run_id, metrics=[Metric(k, float(v), ts, row["epoch"]) for k, v in flat.items()])
 
 
 def _init_horovod(distributed: bool) -> Any:
