@@ -1,0 +1,268 @@
+"""The synthetic generator: determinism, schema, and the structure it plants (features/generate.py docstring).
+
+One small build (200 users, 14 days = two full weeks from Monday 2024-01-01,
+about 20k events) is made once for the module with Spark and brought to the
+driver as pandas, so each structural check is a few lines of pandas instead
+of another Spark query plan to compile. Rates are random draws, so most checks
+are a stated tolerance around the configured value, each saying why it is
+what it is. The build is seeded: a result never changes between runs, so a
+tolerance guards against a change of the generator, not against flakiness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pyspark.sql.functions as F
+import pytest
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from features.generate import EVENT_COLUMNS, TRUTH_COLUMNS, synth_events, synth_users, user_truth, window_seconds
+from jobs.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+EVENT_TYPES = [
+    T.StringType(),  # user_id
+    T.StringType(),  # item_id
+    T.StringType(),  # category_id
+    T.StringType(),  # event_type
+    T.TimestampType(),  # event_time (UTC)
+    T.DoubleType(),  # price
+    T.StringType(),  # brand
+    T.StringType(),  # session_hint
+]
+
+
+def small_cfg(*overrides: str):
+    """conf/base.yaml's generate section, shrunk: 200 users over two weeks."""
+    return load_config("local", REPO / "conf", ["generate.users=200", "generate.days=14", "generate.partitions=2", *overrides]).generate
+
+
+def build(spark, cfg) -> tuple[DataFrame, DataFrame]:
+    users = synth_users(spark.range(0, cfg.users, 1, cfg.partitions), cfg)
+    return users, synth_events(users, cfg)
+
+
+def checksum(df: DataFrame) -> tuple[int, int]:
+    """(rows, order-independent sum of a hash over all columns)."""
+    row = df.agg(F.count("*").alias("n"), F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)")).alias("h")).head()
+    return row["n"], int(row["h"])
+
+
+@pytest.fixture(scope="module")
+def gen(spark):
+    """(cfg, users Spark frame, events Spark frame (cached), users pandas, events pandas)."""
+    cfg = small_cfg()
+    users, events = build(spark, cfg)
+    events = events.cache()
+    ev = events.toPandas()
+    us = users.toPandas()
+    ev["t"] = (ev["event_time"] - pd.Timestamp(0)) // pd.Timedelta(seconds=1)  # epoch seconds (times are UTC)
+    us["churn_s"] = (us["churn_time"] - pd.Timestamp(0)) // pd.Timedelta(seconds=1)  # NaN where not churned
+    assert len(ev) > 15_000  # about 20k: enough for the rate checks below
+    yield cfg, users, events, us, ev
+    events.unpersist()
+
+
+# --------------------------------------------------------------------------- contract and determinism
+
+
+def test_columns_types_and_nulls(gen):
+    cfg, users, events, us, ev = gen
+    assert events.columns == EVENT_COLUMNS and [f.dataType for f in events.schema] == EVENT_TYPES
+    required = [c for c in EVENT_COLUMNS if c != "brand"]
+    assert not ev[required].isna().any().any()
+    assert set(ev["event_type"]) == {"view", "fav", "cart", "purchase"}
+    start, end = window_seconds(cfg)
+    assert ev["t"].min() >= start and ev["t"].max() < end
+    assert (ev["price"] > 0).all()
+    assert (ev["session_hint"].str.split("-s").str[0] == ev["user_id"]).all()
+    # Items are fixed: item i is in category i mod categories, with one price and one brand.
+    items = ev.groupby("item_id").agg(
+        n_cat=("category_id", "nunique"), n_price=("price", "nunique"), n_brand=("brand", lambda b: b.nunique(dropna=False)),
+        category_id=("category_id", "first"), no_brand=("brand", lambda b: b.isna().all()),
+    )
+    assert (items[["n_cat", "n_price", "n_brand"]] == 1).all().all()
+    assert (items["category_id"] == "c" + (items.index.str[1:].astype(int) % cfg.categories).astype(str)).all()
+    # brand_missing_rate = 0.1 of items; about 800 distinct items are seen, so +-0.05 is over 4 sd.
+    assert items["no_brand"].mean() == pytest.approx(cfg.brand_missing_rate, abs=0.05)
+    # Truth: one row per user u0..u199; churn_time exactly when churned.
+    truth = user_truth(users)
+    assert truth.columns == TRUTH_COLUMNS
+    assert [f.dataType for f in truth.schema] == [T.StringType(), T.BooleanType(), T.TimestampType(), T.StringType()]
+    assert sorted(us["user_id"]) == sorted(f"u{i}" for i in range(cfg.users))
+    assert (us["churn_time"].notna() == us["churned"]).all() and us["top_category"].str.match(r"^c\d+$").all()
+    # churn_rate 0.2 of 200 users: binomial sd 0.028, so +-0.085 is 3 sd.
+    assert us["churned"].mean() == pytest.approx(cfg.churn_rate, abs=0.085)
+
+
+def test_same_rows_on_any_partitioning_and_user_count(spark, gen):
+    """Rebuilt on 3 partitions instead of 2 and with only the first 50 users: exactly the same rows for them.
+
+    Randomness is hashed from ids, never rand(), so neither the layout nor the number of users moves a row.
+    """
+    cfg, users, events, _, _ = gen
+    _, rebuilt = build(spark, replace(cfg, partitions=3, users=50))
+    expected = checksum(events.where(F.expr("cast(substring(user_id, 2) as int) < 50")))
+    assert expected[0] > 1000 and checksum(rebuilt) == expected
+    truth = checksum(user_truth(users))
+    assert checksum(user_truth(synth_users(spark.range(0, cfg.users, 1, 1), cfg))) == truth
+    assert checksum(user_truth(synth_users(spark.range(0, cfg.users, 1, 1), replace(cfg, seed=cfg.seed + 1)))) != truth
+
+
+def test_bad_config_is_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"^generate.items must be >= generate.categories \(20\)$"):
+        synth_users(None, small_cfg("generate.items=10"))  # validated before the DataFrame is touched
+
+
+# --------------------------------------------------------------------------- funnel
+
+
+def test_funnel_rates(gen):
+    cfg, _, _, _, ev = gen
+    n = ev["event_type"].value_counts()
+    # About 17k views and 2.1k carts. cart/view: binomial sd 0.0025, plus the per-user buyer
+    # multiplier (sd 0.53 over ~180 active users: about 4% relative, 0.005) -> +-0.02.
+    assert n["cart"] / n["view"] == pytest.approx(cfg.cart_rate, abs=0.02)
+    # purchase/cart: binomial sd sqrt(.35 * .65 / 2100) = 0.010 -> +-0.04 (4 sd).
+    assert n["purchase"] / n["cart"] == pytest.approx(cfg.purchase_rate, abs=0.04)
+    # fav/view: binomial sd 0.0015 -> +-0.01.
+    assert n["fav"] / n["view"] == pytest.approx(cfg.fav_rate, abs=0.01)
+
+
+@pytest.mark.parametrize(("later", "earlier"), [("purchase", "cart"), ("cart", "view"), ("fav", "view")])
+def test_funnel_order_within_session(gen, later, earlier):
+    """Every purchase has an earlier cart, every cart and fav an earlier view: same user, session and item."""
+    ev = gen[4]
+    key = ["user_id", "session_hint", "item_id"]
+    after = ev.loc[ev["event_type"] == later, [*key, "t"]].reset_index()
+    before = ev.loc[ev["event_type"] == earlier, [*key, "t"]]
+    pairs = after.merge(before, on=key, how="left", suffixes=("", "_before"))
+    has_earlier = (pairs["t_before"] < pairs["t"]).groupby(pairs["index"]).any()
+    assert len(after) > 100 and len(has_earlier) == len(after) and has_earlier.all()
+
+
+# --------------------------------------------------------------------------- sessions, churn
+
+
+def test_session_hint_matches_gap_rule(gen):
+    """Inside a session events are at most max(view_gap_max_s, checkout tail) apart; sessions min_session_gap_minutes."""
+    cfg, _, _, _, ev = gen
+    ev = ev.sort_values(["user_id", "t", "session_hint"])
+    same_user = ev["user_id"] == ev["user_id"].shift()
+    same_session = ev["session_hint"] == ev["session_hint"].shift()
+    gap = ev["t"] - ev["t"].shift()
+    inside_bound = max(cfg.view_gap_max_s, cfg.action_delay_max_s + cfg.checkout_delay_max_s + cfg.max_views_per_session)
+    assert gap[same_session].max() <= inside_bound < 30 * 60
+    assert gap[same_user & ~same_session].min() >= cfg.min_session_gap_minutes * 60
+    # So a new session wherever the gap exceeds 30 minutes gives exactly the generator's sessions.
+    assert (~same_user | (gap > 30 * 60)).sum() == ev["session_hint"].nunique()
+
+
+def test_churned_users_stop_and_others_stay(gen):
+    cfg, _, _, us, ev = gen
+    start, end = window_seconds(cfg)
+    last = us.merge(ev.groupby("user_id")["t"].max().rename("last"), on="user_id", how="left")
+    churned = last[last["churned"]]
+    assert churned["last"].isna().sum() < len(churned)
+    assert not (churned["last"] >= churned["churn_s"]).any()
+    # churn_time <= churn_latest of the window, so churners are silent for the last (1 - 0.75) * 14 days.
+    assert not (churned["last"] >= start + cfg.churn_latest * (end - start)).any()
+    # Non-churned: P(no session in a week) = E[exp(-5 a)] over the activity multiplier a, a few %
+    # (measured 156 of 161 active): >= 85% leaves room for a few more light users.
+    stayed = last[~last["churned"]]
+    assert (stayed["last"] >= end - 7 * 86400).mean() >= 0.85
+
+
+def test_churners_fade_before_churn(gen):
+    """The session rate falls linearly to 0 over churn_decline_days (7) before churn_time.
+
+    In the last 3.5 days the mean rate is 1/4 of normal, in the 3.5 days before 3/4: about 1/3 as many sessions
+    (measured 17 vs 59 for churners with a full week before churn_time; 0.6 is far from both 1/3 and 1).
+    """
+    cfg, _, _, us, ev = gen
+    start, _ = window_seconds(cfg)
+    late = us[us["churned"] & (us["churn_s"] >= start + 7 * 86400)]
+    starts = ev.groupby(["user_id", "session_hint"])["t"].min().reset_index().merge(late, on="user_id")
+    days_before = (starts["churn_s"] - starts["t"]) / 86400
+    last, before = (days_before < 3.5).sum(), ((days_before >= 3.5) & (days_before < 7)).sum()
+    assert before >= 30 and last < 0.6 * before
+
+
+# --------------------------------------------------------------------------- interests, popularity, rhythm
+
+
+def test_events_concentrate_in_user_interests(gen):
+    cfg, _, _, us, ev = gen
+    joined = ev.merge(us[["user_id", "top_category", "interests"]], on="user_id")
+    in_top = joined["category_id"] == joined["top_category"]
+    in_interests = [c in {f"c{i}" for i in interests} for c, interests in zip(joined["category_id"], joined["interests"])]
+    # Exact expectations (docstring): top 0.8 * 6/11 + 0.2/20 = 0.446, interests 0.8 + 0.2 * 3/20 = 0.83.
+    # Categories cluster within a session (focus 0.7), about 1.7k sessions: +-0.05 is several sd.
+    assert in_top.mean() == pytest.approx(0.8 * 6 / 11 + 0.2 / 20, abs=0.05)
+    assert pd.Series(in_interests).mean() == pytest.approx(0.8 + 0.2 * 3 / 20, abs=0.05)
+    # Per user: the most frequent category is the true top category for most users with >= 30 events
+    # (measured 0.65; a random one of the 3 interests would give about 0.33, a random category 0.05).
+    per_user = joined.groupby(["user_id", "top_category"])["category_id"].agg(lambda c: (c.value_counts().idxmax(), len(c)))
+    hits = [mode == top for (_, top), (mode, n) in per_user.items() if n >= 30]
+    assert len(hits) > 100 and sum(hits) / len(hits) >= 0.5
+
+
+def test_item_popularity_is_zipf_like(gen):
+    cfg, _, _, _, ev = gen
+    views = ev.loc[ev["event_type"] == "view", "item_id"]
+    counts = views.value_counts()
+    # Uniform popularity would give the top 10% of items 0.10 of views; Zipf(1.1) over 50 items per category about 0.6.
+    assert counts.iloc[: cfg.items // 10].sum() / len(views) >= 0.4
+    # Exact: P(rank 0) = F(2) for the density x^-s on [1, n + 1), n = 50 items per category; rank 0 = items 0..19.
+    s, n = cfg.zipf_exponent, cfg.items // cfg.categories
+    p_rank0 = (2 ** (1 - s) - 1) / ((n + 1) ** (1 - s) - 1)
+    # About 17k views, the rank drawn independently per view: binomial sd 0.003 -> +-0.02.
+    assert (views.str[1:].astype(int) < cfg.categories).mean() == pytest.approx(p_rank0, abs=0.02)
+
+
+def test_daily_and_weekly_rhythm(gen):
+    ev = gen[4]
+    by_hour = ev["event_time"].dt.hour.value_counts()
+    evening = by_hour.reindex([19, 20, 21, 22], fill_value=0).mean()
+    night = by_hour.reindex([3, 4, 5], fill_value=0).mean()
+    # hour_weights: 19-22 h about 11x 3-5 h (docstring); 3x leaves room for sessions crossing hours.
+    assert evening > 3 * night
+    # Session starts per day, weekend (4 days) vs weekday (10 days); weekend_boost 1.3 -> require 1.1
+    # (about 120 sessions a day: sd about 9% per day, 5% for the weekend mean).
+    starts = ev.groupby("session_hint")["event_time"].min().dt.dayofweek  # Monday = 0
+    weekend = starts.isin([5, 6]).sum() / 4
+    weekday = (~starts.isin([5, 6])).sum() / 10
+    assert weekend > 1.1 * weekday
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def test_job_writes_parquet(spark, tmp_path):
+    from jobs import generate as job
+
+    landing = tmp_path / "raw" / "generated"
+    spark.range(3).write.parquet(str(landing / "events"))  # a stale earlier output: must be replaced, not appended to
+    assert job.main(["--set", f"app.data_root={tmp_path}", "--users", "50", "--days", "7"]) == 0
+    events = spark.read.parquet(str(landing / "events"))
+    truth = spark.read.parquet(str(landing / "users"))
+    assert events.columns == EVENT_COLUMNS and [f.dataType for f in events.schema] == EVENT_TYPES
+    assert truth.columns == TRUTH_COLUMNS and truth.count() == 50
+    span = events.agg(F.count("*").alias("n"), (F.max(F.unix_timestamp("event_time")) - F.min(F.unix_timestamp("event_time"))).alias("s")).head()
+    assert span["n"] > 500 and span["s"] < 7 * 86400  # 50 users x 1 week x 5 sessions x ~12 events, less churn
+    assert job.main(["--set", f"app.data_root={tmp_path}", "--users", "0"]) == 2  # one-line config error
+
+
+def test_write_generated_reaches_target_events(spark, tmp_path):
+    from jobs.generate import write_generated
+
+    out = write_generated(spark, small_cfg("generate.days=7"), str(tmp_path / "gen"), target_events=20_000)
+    assert out["events"] == str(tmp_path / "gen" / "events") and out["users"] == str(tmp_path / "gen" / "users")
+    assert spark.read.parquet(out["events"]).count() == out["rows"]
+    # Users are scaled from a 1000-user pilot; about 400 users, per-user counts with CV ~1: sd ~5% -> +-20%.
+    assert out["rows"] == pytest.approx(20_000, rel=0.2)
