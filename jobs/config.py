@@ -60,51 +60,158 @@ class TablesConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    format: str = "generated"
-    path: str | None = None
-    # Generic sources: reader options and the mapping to canonical columns.
-    reader: Literal["csv", "parquet", "json"] = "csv"
-    options: dict[str, str] = field(default_factory=dict)
-    columns: list[str] = field(default_factory=list)  # names for header-less CSV
-    mapping: dict[str, str] = field(default_factory=dict)  # canonical -> source column
-    event_types: dict[str, str] = field(default_factory=dict)  # source value -> canonical
+    """Raw input of ``shopseq ingest``: a named preset (jobs/sources.py) or a ``generic`` description.
+
+    Named formats take every key but ``path`` from their preset; ``generic``
+    reads them from here. Presets are instances of this class.
+    """
+
+    format: str = "generated"  # generated | taobao | rees46 | retailrocket | diginetica | generic (--format)
+    path: str | None = None  # input file, folder or glob (--input); generated defaults to <app.data_root>/raw/generated/events
+    # Generic sources: how to read them and the mapping to canonical columns.
+    reader: Literal["csv", "parquet", "json"] = "csv"  # csv and json (JSON lines) are read line by line as text
+    options: dict[str, str] = field(default_factory=dict)  # csv: sep, quote, escape, header ("true" skips header lines)
+    columns: list[str] = field(default_factory=list)  # source columns in file order (default: the CSV header / all Parquet columns)
+    mapping: dict[str, str] = field(default_factory=dict)  # canonical -> source column; user_id, item_id, event_time, event_type required
+    event_types: dict[str, str] = field(default_factory=dict)  # source value -> canonical event type ({} = already canonical)
     time_format: Literal["unix_s", "unix_ms", "timestamp", "string"] = "timestamp"
-    time_pattern: str | None = None
+    time_pattern: str | None = None  # Spark datetime pattern when time_format is string (naive times are UTC)
+    time_offset_column: str | None = None  # source column of milliseconds added to event_time (Diginetica timeframe)
+    null_values: list[str] = field(default_factory=lambda: [""])  # source values (after trimming) that mean missing
+    constants: dict[str, str] = field(default_factory=dict)  # canonical column -> fixed source value, for columns the source lacks
+    user_fallback_column: str | None = None  # when user_id is missing, user_fallback_prefix + this source column stands in
+    user_fallback_prefix: str = ""
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    users: int = 2000
-    items: int = 1000
+    """The synthetic dataset (``shopseq generate``); what each key plants is documented in features/generate.py."""
+
+    users: int = 1000  # user ids u0..u{users-1}; --users sets it, --events scales it
+    items: int = 1000  # item i belongs to category i mod categories (must be >= categories)
     categories: int = 20
-    days: int = 28
+    days: int = 112  # window length, from start_date 00:00 UTC
     start_date: str = "2024-01-01"
-    seed: int = 7
-    sessions_per_user_per_week: float = 3.0
-    events_per_session: float = 8.0
-    churn_rate: float = 0.2
-    zipf_exponent: float = 1.1
-    interest_categories: int = 3
-    interest_strength: float = 0.8
-    cart_rate: float = 0.12
-    purchase_rate: float = 0.35
-    fav_rate: float = 0.04
-    partitions: int = 4
+    seed: int = 7  # all randomness is a hash of (seed, ids): same config, same rows
+    partitions: int = 4  # Spark partitions of users and of the output (files); never changes the rows
+    # activity: sessions start as a Bernoulli trial per user-hour
+    sessions_per_user_per_week: float = 5.0  # mean over users, before churn and the session-gap rule
+    activity_sigma: float = 0.6  # per-user activity multiplier ~ log-normal, mean 1
+    hour_weights: list[float] = field(
+        default_factory=lambda: [0.55, 0.35, 0.22, 0.15, 0.12, 0.14, 0.25, 0.45, 0.65, 0.75, 0.8, 0.85,
+                                 0.95, 0.9, 0.85, 0.85, 0.9, 1.0, 1.2, 1.45, 1.6, 1.6, 1.35, 0.9]
+    )  # relative session-start rate per UTC hour 0..23 (normalized to mean 1)
+    weekend_boost: float = 1.3  # Saturday/Sunday rate relative to a weekday
+    min_session_gap_minutes: float = 60.0  # a session starting sooner after an earlier one's end is dropped
+    # sessions
+    views_per_session: float = 10.0  # mean of the geometric number of views per session
+    max_views_per_session: int = 60
+    view_gap_median_s: float = 40.0  # seconds between views ~ log-normal(median, sigma), clipped to [1, max]
+    view_gap_sigma: float = 1.0
+    view_gap_max_s: int = 1200
+    action_delay_max_s: int = 60  # fav / cart come 1..this many seconds after their view
+    checkout_delay_max_s: int = 300  # checkout (purchases) comes 1..this many seconds after the last cart could be
+    # interests and catalogue
+    interest_categories: int = 3  # categories each user prefers, weights 1, 1/2, 1/3, ...
+    interest_strength: float = 0.8  # probability a category draw comes from the user's interests (else uniform)
+    session_focus: float = 0.7  # probability a view stays in the session's focus category (else a fresh draw)
+    category_zipf_exponent: float = 0.5  # popularity skew of categories when picking interests (0 = uniform)
+    zipf_exponent: float = 1.1  # item popularity within a category ~ rank^-s
+    price_median_range: list[float] = field(default_factory=lambda: [5.0, 300.0])  # category median prices, log-uniform
+    price_sigma: float = 0.5  # item price ~ log-normal around its category median
+    brands_per_category: int = 8
+    brand_missing_rate: float = 0.1  # share of items with a null brand
+    # funnel (per view / per cart)
+    fav_rate: float = 0.04  # P(fav | view)
+    cart_rate: float = 0.12  # P(cart | view), mean over users
+    buyer_sigma: float = 0.5  # per-user multiplier of cart_rate ~ log-normal, mean 1
+    purchase_rate: float = 0.35  # P(purchase | cart)
+    # churn
+    churn_rate: float = 0.2  # share of users who stop all activity at churn_time
+    churn_earliest: float = 0.25  # churn_time ~ uniform in [earliest, latest] x window
+    churn_latest: float = 0.75
+    churn_decline_days: float = 7.0  # churners' session rate falls linearly to 0 over these days (0 = abrupt)
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    min_event_time: str = "2000-01-01T00:00:00"
-    max_future_skew_hours: float = 24.0
-    now: str | None = None  # fixed "now" for reproducible runs; None = wall clock
+    """Validation window of ``shopseq ingest`` (rules and reason codes in features/ingest.py)."""
+
+    min_event_time: str = "2000-01-01T00:00:00"  # ISO-8601 (naive = UTC): earlier events are quarantined as before_min_time
+    max_future_skew_hours: float = 24.0  # events after now + this are quarantined as future_time
+    now: str | None = None  # fixed "now" (ISO-8601, naive = UTC) for reproducible runs; None = wall clock at the start of the run
 
 
 @dataclass(frozen=True)
 class SessionizeConfig:
-    gap_minutes: float = 30.0
-    use_source_session: bool = False
-    drop_consecutive_repeats: bool = False
-    max_events_per_user_day: int = 5000
+    gap_minutes: float = 30.0  # new session when the gap to the user's previous event is strictly greater
+    use_source_session: bool = False  # split on changes of source_session_id instead (gap rule where it is null)
+    drop_consecutive_repeats: bool = False  # drop same item + event type as the previous event of the session (counted)
+    max_events_per_user_day: int = 5000  # more events than this on one UTC day flags the user-day is_bot_suspect
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Sequence features, labels, vocabularies, splits and gold layout (issue 4; see features/*.py)."""
+
+    max_len: int = 50  # L: events per sequence example (left-padded)
+    cutoff: Literal["session_end", "stride", "daily"] = "session_end"  # where examples are cut
+    stride: int = 5  # cutoff=stride: a cutoff after every k-th event of a user
+    purchase_horizon_days: float = 7.0  # H_p: purchase label looks (cutoff, cutoff + H_p]
+    churn_horizon_days: float = 14.0  # H_c: churn = no event in (cutoff, cutoff + H_c]
+    min_item_count: int = 2  # items seen fewer times in the train range map to OOV
+    min_category_count: int = 1  # same for categories
+    min_event_type_count: int = 1  # same for event types
+    time_buckets: int = 28  # dt bucket ids: 0 pad, 1 first event, 2 + floor(log2(1 + gap_s)), capped at time_buckets - 1
+    drop_bot_suspects: bool = True  # leave out events of user-days flagged is_bot_suspect
+    split: Literal["temporal", "leave_last_out"] = "temporal"
+    train_fraction: float = 0.6  # temporal: train boundary at this fraction of the data's time range
+    val_fraction: float = 0.2  # temporal: validation boundary at train_fraction + val_fraction
+    train_end: str | None = None  # temporal: explicit UTC boundary (date or timestamp), overrides train_fraction
+    val_end: str | None = None  # temporal: explicit UTC boundary, overrides val_fraction
+    gap_days: float | None = None  # temporal gap before each boundary; None = max(horizons); smaller is refused
+    train_ranks: int = 2  # training processes that shard each gold table
+    row_groups_per_rank: int = 4  # each split is written as at least train_ranks * this many files
+    rows_per_file: int = 200000  # more files when a split has more rows than files * this
+
+    def __post_init__(self) -> None:
+        minimum = {"max_len": 1, "stride": 1, "min_item_count": 1, "min_category_count": 1, "min_event_type_count": 1,
+                   "time_buckets": 3, "train_ranks": 1, "row_groups_per_rank": 1, "rows_per_file": 1}  # fmt: skip
+        for key, low in minimum.items():
+            if getattr(self, key) < low:
+                raise ConfigError(f"features.{key}: must be >= {low}, got {getattr(self, key)!r}")
+        for key in ("purchase_horizon_days", "churn_horizon_days"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"features.{key}: must be > 0, got {getattr(self, key)!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The sequence model and its distributed training (issue 5)."""
+
+    encoder: Literal["transformer", "gru"] = "transformer"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.1
+    batch_size: int = 256
+    epochs: int = 5
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5})
+    num_negatives: int = 0
+    launcher: Literal["spark", "horovodrun", "local"] = "spark"
+    num_proc: int = 2
+    amp: bool = False
+    patience: int = 2
+    seed: int = 7
+    resume: bool = True
+    deterministic: bool = False
+    workers: int = 2
+    max_steps_per_epoch: int | None = None
+    checkpoint_dir: str | None = None
+    mlflow_tracking_uri: str | None = None
+    experiment: str = "shopseq"
 
 
 @dataclass(frozen=True)
@@ -116,6 +223,8 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     env: str = "local"
 
 

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict
 from typing import Any
 
 from jobs.build_features import schema_path
@@ -116,6 +115,12 @@ def run_train(tables: TableIO, cfg: Config, launcher: str | None = None, num_pro
         )
         how = launcher or tc.launcher
         ranks = num_proc or tc.num_proc
+        for name, files in (("gold_train", params.train_files), ("gold_val", params.val_files)):
+            if len(files) < ranks:
+                raise InputError(
+                    f"{name} has {len(files)} file(s) for {ranks} rank(s): the split is (nearly) empty; "
+                    "use a longer data range, shorter horizons (features.*_horizon_days) or other split fractions"
+                )
         log.info("training on %d rank(s) via %s: %d train files, %d val files, checkpoints in %s", ranks, how, len(params.train_files), len(params.val_files), ckpt)
         results = launch(train_fn, params, how, ranks)
         result = results[0]

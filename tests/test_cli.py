@@ -7,7 +7,7 @@ from pathlib import Path
 from jobs import cli
 
 REPO = Path(__file__).resolve().parent.parent
-BUILT = {"generate", "ingest", "sessionize"}
+BUILT = {"generate", "ingest", "sessionize", "features", "train"}
 
 
 def test_help_lists_every_stage(capsys):

@@ -196,11 +196,14 @@ def _track(params: TrainParams, row: dict[str, Any]) -> None:
 
     flat = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch" and math.isfinite(v)}
     flat.update({f"train_loss_{k}": v for k, v in row["train_loss_parts"].items()})
-    client = MlflowClient(tracking_uri=params.mlflow_tracking_uri)
-    ts = int(time.time() * 1000)
     from mlflow.entities import Metric
 
-    client.log_batch(params.mlflow_run_id, metrics=[Metric(k, float(v), ts, row["epoch"]) for k, v in flat.items()])
+    ts = int(time.time() * 1000)
+    metrics = [Metric(k.replace("@", "_at_"), float(v), ts, row["epoch"]) for k, v in flat.items()]  # MLflow names: no "@"
+    try:
+        MlflowClient(tracking_uri=params.mlflow_tracking_uri).log_batch(params.mlflow_run_id, metrics=metrics)
+    except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+        log.warning("MLflow logging failed for epoch %s: %s", row["epoch"], exc)
 
 
 def _init_horovod(distributed: bool) -> Any:

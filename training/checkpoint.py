@@ -1,0 +1,39 @@
+"""Loading a trained model back from a checkpoint (evaluation, prediction, notebooks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from training.model import ModelConfig, MultiTaskModel
+
+
+def load_model(path: str, device: str = "cpu") -> tuple[MultiTaskModel, dict[str, Any]]:
+    """The model in eval mode, and the checkpoint's state (epoch, history, schema, lineage)."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = MultiTaskModel(ModelConfig.from_schema(state["schema"], **state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+@torch.no_grad()
+def predict_tensors(model: MultiTaskModel, data: dict[str, torch.Tensor], batch_size: int = 1024) -> dict[str, torch.Tensor]:
+    """Last-position outputs for every row: ``hidden_last``, purchase/churn probabilities, action probabilities."""
+    n = len(next(iter(data.values())))
+    parts: dict[str, list[torch.Tensor]] = {"hidden_last": [], "purchase": [], "churn": [], "action": []}
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in data.items()}
+        out = model(batch)
+        last = out["action_logits"][torch.arange(len(out["hidden_last"])), _last(batch)]
+        parts["hidden_last"].append(out["hidden_last"])
+        parts["purchase"].append(torch.sigmoid(out["purchase_logit"]))
+        parts["churn"].append(torch.sigmoid(out["churn_logit"]))
+        parts["action"].append(torch.softmax(last, dim=-1))
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _last(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    from training.model import ITEM_FEATURE, last_valid_index
+
+    return last_valid_index(batch[ITEM_FEATURE])
