@@ -215,6 +215,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation against baselines on a gold split (issue 6)."""
+
+    split: Literal["test", "val"] = "test"
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    calibration_bins: int = 10
+    checkpoint: str = "best"   # best | last | a path to a .pt file
+    report_dir: str | None = None  # default <app.data_root>/reports/<run id>
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Batch predictions back to Delta (issue 6)."""
+
+    as_of: str | None = None   # UTC time the windows are cut at; null = the latest silver event
+    top_k: int = 20
+    batch_size: int = 1024     # rows per no-grad forward pass inside mapInPandas
+    checkpoint: str = "best"   # best | last | a path to a .pt file
+    model_version: str | None = None  # default: derived from the checkpoint (its MLflow run id and epoch)
+
+
+@dataclass(frozen=True)
 class Config:
     app: AppConfig = field(default_factory=AppConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -225,6 +247,8 @@ class Config:
     sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     env: str = "local"
 
 
