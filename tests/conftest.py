@@ -62,3 +62,41 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared sample data not found at {SHARED_DATA} (only present beside a developer checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def trained(spark, tmp_path_factory: pytest.TempPathFactory):
+    """A small generated dataset taken through ingest, sessionize, features and a short single-process training.
+
+    Shared (session-scoped) by the evaluate, predict and notebook tests; tests
+    that write tables must leave the ones written here readable. Returns a
+    namespace with ``cfg``, ``tables``, ``root`` and the ``train`` result.
+    """
+    from types import SimpleNamespace
+
+    from jobs.build_features import run_features
+    from jobs.config import load_config
+    from jobs.generate import landing_dir, write_generated
+    from jobs.ingest import run_ingest
+    from jobs.sessionize import run_sessionize
+    from jobs.tables import TableIO
+    from jobs.train import run_train
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = load_config("local", REPO / "conf", [f"app.data_root={root}", *TRAINED_OVERRIDES])
+    tables = TableIO(spark, cfg)
+    write_generated(spark, cfg, landing_dir(cfg))
+    run_ingest(tables, cfg)
+    run_sessionize(tables, cfg, plot=False)
+    run_features(tables, cfg)
+    result = run_train(tables, cfg)
+    return SimpleNamespace(cfg=cfg, tables=tables, root=root, train=result)
+
+
+# Small and quick: about 200 users over 6 weeks, short horizons so every split has labels, 2 epochs in one process.
+TRAINED_OVERRIDES = [
+    "generate.users=200", "generate.days=42",
+    "features.purchase_horizon_days=3", "features.churn_horizon_days=7", "features.train_fraction=0.5", "features.val_fraction=0.25",
+    "features.train_ranks=1", "features.row_groups_per_rank=2",
+    "train.launcher=local", "train.num_proc=1", "train.epochs=2", "train.dim=32", "train.layers=1", "train.batch_size=64", "train.lr=0.003",
+]  # fmt: skip

@@ -14,7 +14,10 @@ Heads:
   the label's next item at the last position), with the full softmax or a
   sampled softmax with log-Q correction for large catalogues;
 - next event type: same positions, a small softmax;
-- purchase within H_p and churn within H_c: logits from the last valid position.
+- purchase within H_p and churn within H_c: a small MLP over the last valid
+  position's state joined with the user-profile features as of the cutoff
+  (numeric profiles as ``sign(x) * log1p(|x|)``, projected; the top category
+  through the shared category embedding).
 Censored labels are masked out of the loss, never counted as negatives.
 """
 
@@ -42,6 +45,7 @@ class ModelConfig:
     sequence_features: dict[str, str | None]
     max_len: int
     n_event_types: int
+    profile_features: dict[str, str | None] = None  # type: ignore[assignment]  # scalar profile column -> embedding table or None (numeric)
     encoder: Literal["transformer", "gru"] = "transformer"
     dim: int = 64
     layers: int = 2
@@ -52,8 +56,9 @@ class ModelConfig:
     def from_schema(cls, schema: dict, **train: object) -> "ModelConfig":
         """Build from the gold schema artifact written by ``shopseq features``."""
         seq = {c["name"]: c.get("embedding") for c in schema["columns"] if c.get("role") == "sequence" and c["shape"]}
+        prof = {c["name"]: c.get("embedding") for c in schema["columns"] if c.get("role") == "profile" and not c["shape"]}
         sizes = dict(schema["embedding_sizes"])
-        return cls(embedding_sizes=sizes, sequence_features=seq, max_len=int(schema["max_len"]), n_event_types=sizes["event_type"], **train)  # type: ignore[arg-type]
+        return cls(embedding_sizes=sizes, sequence_features=seq, max_len=int(schema["max_len"]), n_event_types=sizes["event_type"], profile_features=prof, **train)  # type: ignore[arg-type]
 
 
 class SequenceEncoder(nn.Module):
@@ -105,24 +110,61 @@ class MultiTaskModel(nn.Module):
         self.cfg = cfg
         self.encoder = SequenceEncoder(cfg)
         self.action_head = nn.Linear(cfg.dim, cfg.n_event_types)
-        self.purchase_head = nn.Linear(cfg.dim, 1)
-        self.churn_head = nn.Linear(cfg.dim, 1)
+        profiles = cfg.profile_features or {}
+        self.profile_numeric = [c for c, emb in profiles.items() if emb is None]
+        self.profile_embedded = {c: emb for c, emb in profiles.items() if emb is not None}
+        self.profile_proj = nn.Linear(len(self.profile_numeric), cfg.dim) if self.profile_numeric else None
+        user_dim = cfg.dim * (1 + (self.profile_proj is not None) + len(self.profile_embedded))
+        self.purchase_head = _mlp(user_dim, cfg.dim)
+        self.churn_head = _mlp(user_dim, cfg.dim)
+        # Wide part (wide & deep): a direct linear path from the profiles, so the
+        # heads contain logistic regression on them as a special case.
+        n_wide = len(self.profile_numeric)
+        self.purchase_wide = nn.Linear(n_wide, 1) if n_wide else None
+        self.churn_wide = nn.Linear(n_wide, 1) if n_wide else None
+
+    def profile_vector(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """``[B, P]`` numeric profiles as ``sign(x) * log1p(|x|)`` (None without profiles)."""
+        if not self.profile_numeric:
+            return None
+        x = torch.stack([batch[c].float() for c in self.profile_numeric], dim=-1)
+        return torch.sign(x) * torch.log1p(x.abs())
+
+    def user_state(self, batch: dict[str, Tensor], h_last: Tensor, profile: Tensor | None) -> Tensor:
+        """``[B, user_dim]``: the last position's state joined with the profile features."""
+        parts = [h_last]
+        if self.profile_proj is not None and profile is not None:
+            parts.append(torch.relu(self.profile_proj(profile)))
+        for col, emb in self.profile_embedded.items():
+            size = self.cfg.embedding_sizes[emb]
+            parts.append(self.encoder.tables[emb](batch[col].long().clamp(0, size - 1)))
+        return torch.cat(parts, dim=-1)
+
+    def _head(self, deep: nn.Module, wide: nn.Module | None, user: Tensor, profile: Tensor | None) -> Tensor:
+        logit = deep(user).squeeze(-1)
+        return logit if wide is None or profile is None else logit + wide(profile).squeeze(-1)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.encoder(batch)  # [B, L, d]
         last = last_valid_index(batch[ITEM_FEATURE])
         h_last = h[torch.arange(h.shape[0], device=h.device), last]  # [B, d]
+        profile = self.profile_vector(batch)
+        user = self.user_state(batch, h_last, profile)
         return {
             "hidden": h,
             "hidden_last": h_last,
             "action_logits": self.action_head(h),
-            "purchase_logit": self.purchase_head(h_last).squeeze(-1),
-            "churn_logit": self.churn_head(h_last).squeeze(-1),
+            "purchase_logit": self._head(self.purchase_head, self.purchase_wide, user, profile),
+            "churn_logit": self._head(self.churn_head, self.churn_wide, user, profile),
         }
 
     def item_scores(self, hidden: Tensor) -> Tensor:
         """Scores of every item for hidden states ``[..., d]`` (full catalogue, tied weights)."""
         return hidden @ self.encoder.item_table.weight.T
+
+
+def _mlp(inp: int, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
 def attention_mask(valid: Tensor, heads: int) -> Tensor:
