@@ -21,7 +21,7 @@ Spark: O(n) per user). At a cutoff row (the anchor, see
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 # name -> numpy dtype in the gold tables
@@ -68,3 +68,24 @@ def add_profiles(events: DataFrame) -> DataFrame:
         )
         .drop("_cat_n")
     )
+
+
+# Profiles the model reads as numbers (the rest are embedded, e.g. top_category_idx).
+NUMERIC_PROFILES: list[str] = [c for c in PROFILE_COLUMNS if c != "top_category_idx"]
+
+
+def signed_log1p(col: str) -> Column:
+    """``sign(x) * log1p(|x|)``: the scale the model and the baselines read profiles on."""
+    return F.signum(F.col(col)) * F.log1p(F.abs(F.col(col)))
+
+
+def profile_scale_stats(examples: DataFrame) -> DataFrame:
+    """One row: mean and population std of ``signed_log1p`` of each numeric profile.
+
+    Needs: :data:`NUMERIC_PROFILES`. Adds (one row): ``<col>_mean``, ``<col>_std``.
+    Run on the training split only; the model standardises with these.
+    """
+    aggs = []
+    for c in NUMERIC_PROFILES:
+        aggs += [F.mean(signed_log1p(c)).alias(f"{c}_mean"), F.stddev_pop(signed_log1p(c)).alias(f"{c}_std")]
+    return examples.agg(*aggs)

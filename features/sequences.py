@@ -151,12 +151,20 @@ def mark_cutoffs(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
         candidate = nxt_us.isNull() | (F.floor(nxt_us / F.lit(US_PER_DAY)) != F.col("_day"))
     same_time = Window.partitionBy("user_id").orderBy("event_time").rangeBetween(Window.currentRow, Window.currentRow)
     last_at_time = nxt_us.isNull() | (nxt_us > F.col("_us"))
-    cutoff_us = (F.col("_day") + F.lit(1)) * F.lit(US_PER_DAY) - F.lit(1) if cfg.cutoff == "daily" else F.col("_us")
     return (
         events.withColumn("_cand", candidate.cast("int"))
         .withColumn("is_cutoff", (F.max("_cand").over(same_time) == F.lit(1)) & last_at_time)
-        .select(*events.columns, "is_cutoff", F.when(F.col("is_cutoff"), F.timestamp_micros(cutoff_us)).alias("cutoff_time"))
+        .select(*events.columns, "is_cutoff", F.when(F.col("is_cutoff"), F.timestamp_micros(anchor_cutoff_us(cfg))).alias("cutoff_time"))
     )
+
+
+def anchor_cutoff_us(cfg: FeaturesConfig) -> Column:
+    """The cutoff instant (epoch microseconds) of an anchor row under ``cfg.cutoff``.
+
+    ``daily``: the end of the anchor's UTC day (``<day> 23:59:59.999999``); otherwise the anchor's own time.
+    Needs: _us, _day.
+    """
+    return (F.col("_day") + F.lit(1)) * F.lit(US_PER_DAY) - F.lit(1) if cfg.cutoff == "daily" else F.col("_us")
 
 
 def add_event_features(events: DataFrame, cfg: FeaturesConfig, price_mean: float, price_std: float) -> DataFrame:
@@ -312,18 +320,19 @@ def to_gold(examples: DataFrame, cfg: FeaturesConfig) -> DataFrame:
     label (censored or no next event; its mask is 0) becomes
     :data:`IGNORE_LABEL`, because Petastorm batches cannot hold nulls.
     """
+    return examples.select(*[gold_expr(col) for col in gold_columns(cfg)])
+
+
+def gold_expr(col: dict[str, Any]) -> Column:
+    """The gold value of one :func:`gold_columns` entry, computed from the example columns."""
     spark_type = {"int64": "long", "int32": "int", "float32": "float"}
-    exprs: list[Column] = []
-    for col in gold_columns(cfg):
-        name, dtype = col["name"], col["dtype"]
-        if name == "cutoff_time_us":
-            exprs.append(F.unix_micros("cutoff_time").alias(name))
-        elif name == "user_key":
-            exprs.append(F.xxhash64("user_id").alias(name))
-        elif col["shape"]:
-            exprs.append(F.col(name).cast(f"array<{spark_type[dtype]}>").alias(name))
-        elif col["role"] == "label":
-            exprs.append(F.coalesce(F.col(name), F.lit(IGNORE_LABEL)).cast(spark_type[dtype]).alias(name))
-        else:
-            exprs.append(F.col(name).cast(spark_type[dtype]).alias(name))
-    return examples.select(*exprs)
+    name, dtype = col["name"], col["dtype"]
+    if name == "cutoff_time_us":
+        return F.unix_micros("cutoff_time").alias(name)
+    if name == "user_key":
+        return F.xxhash64("user_id").alias(name)
+    if col["shape"]:
+        return F.col(name).cast(f"array<{spark_type[dtype]}>").alias(name)
+    if col["role"] == "label":
+        return F.coalesce(F.col(name), F.lit(IGNORE_LABEL)).cast(spark_type[dtype]).alias(name)
+    return F.col(name).cast(spark_type[dtype]).alias(name)

@@ -21,12 +21,14 @@ vocabularies and price statistics are fit, is ``event_time <= b1``: every
 event a train example sees, features and labels.
 
 ``features.split: leave_last_out`` (the SASRec / BERT4Rec protocol): per user,
-ordered by ``cutoff_time``, the last example is test, the one before it
-validation, all earlier ones train (a user with one example only has a test
-example, with two a val and a test one). No gap: neighbouring examples of a
+among the examples that have a next event, ordered by ``cutoff_time``, the
+last is test, the one before it validation, all earlier ones train (a user
+with one such example only has a test example, with two a val and a test
+one); the user's final cutoff, which has no next event, goes to test with its
+labels masked. No gap: neighbouring examples of a
 user overlap by construction, which is the protocol. The train range is, per
 user, the events up to and including the anchor of the user's last train
-example (the third-to-last cutoff).
+example (the third-to-last cutoff that has a next event).
 """
 
 from __future__ import annotations
@@ -101,10 +103,13 @@ def train_range(events: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) -> 
     """
     if cfg.split == "temporal":
         return events.where(F.unix_micros("event_time") <= F.lit(bounds.train_end_us))
-    # Cutoffs at or after each event, counted in a reversed growing frame (O(n) per user).
-    later = Window.partitionBy("user_id").orderBy(F.col("user_pos").desc()).rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    counted = events.withColumn("_cutoffs_from_here", F.sum(F.col("is_cutoff").cast("int")).over(later))
-    return counted.where(F.col("_cutoffs_from_here") >= 3).drop("_cutoffs_from_here")
+    # Cutoffs with a next event (not at the user's last event) at or after each event,
+    # counted in a reversed growing frame (O(n) per user; one sort serves both windows).
+    newest_first = Window.partitionBy("user_id").orderBy(F.col("user_pos").desc())
+    later = newest_first.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    has_next = F.col("is_cutoff") & F.lag("user_pos").over(newest_first).isNotNull()
+    counted = events.withColumn("_has_next", has_next.cast("int")).withColumn("_cutoffs_from_here", F.sum("_has_next").over(later))
+    return counted.where(F.col("_cutoffs_from_here") >= 3).drop("_has_next", "_cutoffs_from_here")
 
 
 def temporal_split(examples: DataFrame, bounds: SplitBounds) -> DataFrame:
@@ -136,13 +141,19 @@ def temporal_split(examples: DataFrame, bounds: SplitBounds) -> DataFrame:
 
 
 def leave_last_out_split(examples: DataFrame) -> DataFrame:
-    """Per user: last example test, the one before val, the rest train.
+    """Per user, among the examples that have a next event: the last is test, the one before val, the rest train.
 
-    Needs: user_id, cutoff_time. Adds: split.
+    The held-out example is the user's last observed interaction as the
+    target (SASRec / BERT4Rec). A user's final cutoff has no next event (its
+    labels are censored or empty, masked 0); it is kept in test, where every
+    metric ignores it, rather than displacing the real held-out example.
+    Needs: user_id, cutoff_time, next_event_time. Adds: split.
     """
-    newest_first = Window.partitionBy("user_id").orderBy(F.col("cutoff_time").desc())
+    has_next = F.col("next_event_time").isNotNull()
+    newest_first = Window.partitionBy("user_id", has_next).orderBy(F.col("cutoff_time").desc())
     rank = F.row_number().over(newest_first)
-    return examples.withColumn("split", F.when(rank == 1, F.lit("test")).when(rank == 2, F.lit("val")).otherwise(F.lit("train")))
+    split = F.when(~has_next | (rank == 1), F.lit("test")).when(rank == 2, F.lit("val")).otherwise(F.lit("train"))
+    return examples.withColumn("split", split)
 
 
 def assign_split(examples: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) -> DataFrame:

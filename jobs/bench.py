@@ -1,8 +1,11 @@
 """`shopseq bench <name>`: benchmarks reported as ratios against a reference engine in the same run.
 
 Dispatch by name: ``sessionize`` is below; ``train`` runs
-``jobs.bench_train.bench_train`` (the training stage's benchmark) when that
-module is present; ``features`` and ``predict`` say "not built yet" and exit 3.
+``jobs.bench_train.bench_train`` (the training stage's benchmark);
+``features`` runs ``jobs.bench_features.bench_features`` (the
+features stage: examples/s per core, bytes per example, peak memory);
+``predict`` runs ``jobs.bench_predict.bench_predict`` (scoring through Spark
+vs the same model's in-process inference).
 
 ``shopseq bench sessionize --events 1000000,10000000``: for each size, generate
 about that many events (``jobs.generate.write_generated``) and turn them into
@@ -33,6 +36,7 @@ is kept. Results: ``<app.data_root>/reports/bench_sessionize.md`` and ``.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -48,25 +52,24 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 
 from features.schema import EVENT_COLUMNS
 from features.sessionize import FUNNEL_ORDER, removal_metrics, sessionize, sessions_table, silver_events
-from jobs.common import EXIT_NOT_BUILT, Context, InputError, NotBuiltError, run_stage, stage_parser
-from jobs.config import Config, SessionizeConfig, load_config
+from jobs.common import Context, InputError, run_stage, stage_parser
+from jobs.config import Config, SessionizeConfig
 
 log = logging.getLogger(__name__)
 
-NOT_BUILT = ("features", "predict")
-
-
 def build_parser():
     parser = stage_parser("bench", "Benchmarks reported as ratios against a reference engine in the same run.")
-    parser.add_argument("name", choices=["sessionize", "train", *NOT_BUILT], help="which benchmark ('sessionize'; 'train' runs jobs.bench_train)")
+    parser.add_argument("name", choices=["sessionize", "train", "features", "predict"], help="which benchmark ('sessionize'; 'train' runs jobs.bench_train; 'features' runs jobs.bench_features; 'predict' runs jobs.bench_predict)")
     parser.add_argument(
         "--events",
         default=None,
-        help="sessionize: comma-separated event counts, e.g. 1000000,10000000 (default 1000000); train: build gold from this many generated events",
+        help="sessionize: comma-separated event counts, e.g. 1000000,10000000 (default 1000000); train: build gold from this many generated events; "
+        "features: comma-separated event counts (default 1000000,10000000)",
     )
-    parser.add_argument("--regenerate", action="store_true", help="regenerate the input even when a previous run left it")
+    parser.add_argument("--regenerate", action="store_true", help="regenerate the input even when a previous run left it (sessionize, features, predict)")
+    parser.add_argument("--rows", type=int, default=None, help="predict: windows to score (every user's latest window, replicated; default 100000)")
     parser.add_argument("--no-ingest", dest="ingest", action="store_false", help="skip the Spark ingest + sessionize timing")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per engine and size, alternating; the fastest is reported (default 1)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per engine (features: per timed step) and size, alternating; the fastest is reported (default 1)")
     return parser
 
 
@@ -407,10 +410,13 @@ def _input(spark: SparkSession, cfg: Config, work: Path, n: int, regenerate: boo
     available, else through :func:`bronze_from_generated`.
     """
     manifest = work / "input.json"
+    generate = json.loads(json.dumps(dataclasses.asdict(cfg.generate), default=str))  # as stored; an input made with another generator config is stale
     if manifest.is_file() and not regenerate:
         info = json.loads(manifest.read_text())
-        log.info("reusing %d generated events at %s", info["rows"], info["bronze"])
-        return info
+        if info.get("generate") == generate:
+            log.info("reusing %d generated events at %s", info["rows"], info["bronze"])
+            return info
+        log.info("the generated events at %s were made with another generate config: regenerating", work)
     try:
         from jobs.generate import write_generated  # the generator stage (issue #3)
     except ImportError as exc:
@@ -425,6 +431,7 @@ def _input(spark: SparkSession, cfg: Config, work: Path, n: int, regenerate: boo
     (ingest(raw, cfg) if ingest else bronze_from_generated(raw)).write.mode("overwrite").parquet(bronze)
     rows = spark.read.parquet(bronze).count()
     info = {"raw": str(gen["events"]), "bronze": bronze, "rows": rows, "generated_rows": int(gen["rows"]), "bronze_by": "features.ingest.to_bronze" if ingest else "bench.bronze_from_generated"}
+    info["generate"] = generate
     log.info("generated %d events in %.1f s at %s", info["rows"], time.perf_counter() - start, bronze)
     manifest.write_text(json.dumps(info))
     return info
@@ -536,10 +543,7 @@ def _parse_sizes(text: str) -> list[int]:
 
 
 def _run_train(ctx: Context) -> int:
-    try:
-        from jobs.bench_train import bench_train  # the training benchmark (issue #5), owned by the training stage
-    except ImportError:
-        raise NotBuiltError("shopseq bench train: not built yet") from None
+    from jobs.bench_train import bench_train  # the training stage's benchmark
     sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [None]
     if len(sizes) != 1:
         raise InputError("--events: bench train takes one event count")
@@ -552,24 +556,25 @@ def _run(ctx: Context) -> int:
         return _run_train(ctx)
     if ctx.args.repeat < 1:
         raise InputError(f"--repeat: expected a positive count, got {ctx.args.repeat}")
+    if ctx.args.name == "predict":
+        from jobs.bench_predict import bench_predict  # the predict stage's benchmark (issue #6)
+
+        sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [None]
+        if len(sizes) != 1 or (ctx.args.rows is not None and ctx.args.rows < 1):
+            raise InputError("bench predict takes one --events count and a positive --rows")
+        bench_predict(ctx, sizes[0], rows=ctx.args.rows, repeat=ctx.args.repeat)
+        return 0
+    if ctx.args.name == "features":
+        from jobs.bench_features import bench_features  # the features stage's benchmark (issue #4)
+
+        bench_features(ctx.spark, ctx.cfg, _parse_sizes(ctx.args.events or "1000000,10000000"), regenerate=ctx.args.regenerate, repeat=ctx.args.repeat)
+        return 0
     bench_sessionize(ctx.spark, ctx.cfg, _parse_sizes(ctx.args.events or "1000000"), regenerate=ctx.args.regenerate, with_ingest=ctx.args.ingest, repeat=ctx.args.repeat)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.name in NOT_BUILT:
-        from jobs.config import ConfigError
-
-        try:
-            load_config(args.env, args.conf_dir, args.overrides)  # config errors still surface first
-        except ConfigError as exc:
-            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-            return 2
-        print(f"{parser.prog} {args.name}: not built yet", file=sys.stderr)
-        return EXIT_NOT_BUILT
-    return run_stage(parser, argv, _run)
+    return run_stage(build_parser(), argv, _run)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from features.labels import label_stats
+from features.profiles import NUMERIC_PROFILES, profile_scale_stats
 from features.sequences import (
     HOURS,
     IGNORE_LABEL,
@@ -117,6 +118,7 @@ def _artifact(
     prices: dict[str, Any],
     inputs: dict[str, Any],
     stats: dict[str, Any],
+    profile_scale: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     fc = cfg.features
     return {
@@ -132,6 +134,7 @@ def _artifact(
         "horizons_days": {"purchase": fc.purchase_horizon_days, "churn": fc.churn_horizon_days},
         "split": bounds.describe(fc.split),
         "price_stats": prices,
+        "profile_scale": profile_scale,  # mean/std of sign(x)*log1p(|x|) per numeric profile, train split
         "inputs": inputs,
         "train_ranks": fc.train_ranks,
         "stats": stats,
@@ -181,7 +184,9 @@ def run_features(tables: TableIO, cfg: Config, force: bool = False, sample_fract
         examples = events.transform(build_examples, vocab, fc, bounds, prices["mean"], prices["std"]).persist(StorageLevel.MEMORY_AND_DISK)
         stats = {r["split"]: r.asDict() for r in examples.transform(label_stats).collect()}
         stats = {s: stats.get(s, {"split": s, "examples": 0}) for s in SPLITS}
-        artifact = _artifact(cfg, bounds, lineage, sizes, prices, inputs, stats)
+        scale = examples.where(F.col("split") == "train").transform(profile_scale_stats).head().asDict()
+        profile_scale = {c: {"mean": scale[f"{c}_mean"] or 0.0, "std": scale[f"{c}_std"] or 1.0} for c in NUMERIC_PROFILES}
+        artifact = _artifact(cfg, bounds, lineage, sizes, prices, inputs, stats, profile_scale)
         written = _write_gold(tables, examples, cfg, stats, {"lineage": lineage, "schema": artifact})
     finally:
         if examples is not None:

@@ -28,15 +28,10 @@ log = logging.getLogger("shopseq")
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad config, bad arguments, bad input: one line on stderr
-EXIT_NOT_BUILT = 3
 
 
 class InputError(ValueError):
     """Input the job cannot process (missing file, unknown format), as one sentence."""
-
-
-class NotBuiltError(RuntimeError):
-    """The stage exists in the CLI but is not implemented yet."""
 
 
 @dataclass
@@ -54,6 +49,7 @@ def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"shopseq {name}", description=description)
     parser.add_argument("--env", default="local", choices=["local", "cluster", "databricks"], help="config environment layered over conf/base.yaml (default: local)")
     parser.add_argument("--conf-dir", default=None, help="folder with base.yaml and <env>.yaml (default: $SHOPSEQ_CONF_DIR, ./conf, or the repo's conf/)")
+    parser.add_argument("--conf-file", dest="conf_files", action="append", default=[], metavar="FILE", help="extra YAML layer merged after <env>.yaml and before --set, e.g. conf/datasets/taobao.yaml (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set sessionize.gap_minutes=20 (repeatable)")
     return parser
 
@@ -72,7 +68,7 @@ def configure_logging(level: str = "INFO") -> None:
 
 def make_context(args: argparse.Namespace) -> Context:
     """Load config from the common flags, start (or reuse) Spark, open table I/O."""
-    cfg = load_config(args.env, args.conf_dir, args.overrides)
+    cfg = load_config(args.env, args.conf_dir, args.overrides, getattr(args, "conf_files", ()))
     configure_logging(cfg.app.log_level)
     spark = get_spark(cfg.spark)
     return Context(args, cfg, spark, TableIO(spark, cfg))
@@ -83,21 +79,6 @@ def run_stage(parser: argparse.ArgumentParser, argv: list[str] | None, body: Cal
     args = parser.parse_args(argv)
     try:
         return int(body(make_context(args)) or EXIT_OK)
-    except NotBuiltError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return EXIT_NOT_BUILT
     except (ConfigError, TableError, InputError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def not_built(parser: argparse.ArgumentParser, argv: list[str] | None, issue: int) -> int:
-    """Entry point for a stage whose implementation has not landed: --help works, running says so."""
-    args = parser.parse_args(argv)
-    try:
-        load_config(args.env, args.conf_dir, args.overrides)  # config errors still surface first
-    except ConfigError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"{parser.prog}: this stage is not built yet (tracked in issue #{issue})", file=sys.stderr)
-    return EXIT_NOT_BUILT

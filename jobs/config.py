@@ -1,6 +1,7 @@
-"""The one config loader: YAML layered base -> environment -> ``--set`` overrides.
+"""The one config loader: YAML layered base -> environment -> ``--conf-file`` layers -> ``--set`` overrides.
 
-``conf/base.yaml`` is deep-merged with ``conf/<env>.yaml`` and then with each
+``conf/base.yaml`` is deep-merged with ``conf/<env>.yaml``, then with any extra
+YAML files (``--conf-file``, e.g. ``conf/datasets/taobao.yaml``) and then with each
 ``--set dotted.key=value`` (values parsed as YAML scalars), and the result is
 validated into the frozen dataclasses below. Every key is remembered with the
 file (or ``--set``) that last set it, so an unknown key or a wrong type fails
@@ -222,7 +223,8 @@ class EvaluateConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     calibration_bins: int = 10
     checkpoint: str = "best"   # best | last | a path to a .pt file
-    report_dir: str | None = None  # default <app.data_root>/reports/<run id>
+    report_dir: str | None = None  # default <app.data_root>/reports/<evaluation id>
+    batch_size: int = 1024     # rows scored per forward pass / full-catalogue ranking batch
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,9 @@ def load_config(
     env: str = "local",
     conf_dir: str | os.PathLike[str] | None = None,
     overrides: typing.Sequence[str] = (),
+    layers: typing.Sequence[str | os.PathLike[str]] = (),
 ) -> Config:
-    """Merge base -> ``env`` -> ``--set`` overrides and validate into :class:`Config`."""
+    """Merge base -> ``env`` -> ``layers`` (extra YAML files, ``--conf-file``) -> ``--set`` overrides and validate into :class:`Config`."""
     if env not in ENVIRONMENTS:
         raise ConfigError(f"--env: unknown environment {env!r}; expected one of {', '.join(ENVIRONMENTS)}")
     conf_path = Path(conf_dir) if conf_dir is not None else default_conf_dir()
@@ -281,6 +284,11 @@ def load_config(
             if name == "base.yaml":
                 raise ConfigError(f"{path}: config file not found (use --conf-dir)")
             continue
+        _deep_merge(merged, _read_yaml(path), origin, str(path))
+    for layer in layers:
+        path = Path(layer)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (--conf-file)")
         _deep_merge(merged, _read_yaml(path), origin, str(path))
     for item in overrides:
         key, value = _parse_override(item)

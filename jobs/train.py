@@ -95,6 +95,7 @@ def run_train(tables: TableIO, cfg: Config, launcher: str | None = None, num_pro
             val_files=tables.files("gold_val"),
             checkpoint_dir=ckpt,
             model={"encoder": tc.encoder, "dim": tc.dim, "layers": tc.layers, "heads": tc.heads, "dropout": tc.dropout},
+            log_level=cfg.app.log_level,
             batch_size=tc.batch_size,
             epochs=epochs or tc.epochs,
             lr=tc.lr,

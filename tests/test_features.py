@@ -16,7 +16,7 @@ from pyspark.sql import types as T
 
 from features.schema import EVENT_SCHEMA
 from features.sequences import build_examples
-from features.splits import SplitBounds, leave_last_out_split, split_bounds, temporal_split
+from features.splits import SplitBounds, leave_last_out_split, split_bounds, temporal_split, train_range
 from features.vocab import OOV_INDEX, apply_vocab, fit_vocab, with_vocab_version
 from jobs.config import ConfigError, FeaturesConfig
 
@@ -117,10 +117,10 @@ def test_exact_left_padded_arrays_profiles_and_labels_for_three_users(spark):
     assert [b1[c] for c in profiles] == [0.0, 43200.0, 3, 0.0, 0.0, 3, 1]  # c2 seen twice, c1 once
     labels = ["next_item_idx", "next_event_type_idx", "next_label_mask", "purchase_label", "purchase_label_mask", "churn_label", "churn_label_mask", "split"]
     assert {(r["user_id"], r["cutoff_time"]): tuple(r[c] for c in labels) for r in got} == {
-        ("a", datetime(2024, 1, 1, 10, 5)): (5, 2, 1, 1, 1, 0, 1, "train"),
-        ("a", datetime(2024, 1, 1, 12, 1)): (2, 2, 1, 0, 1, 1, 1, "val"),
+        ("a", datetime(2024, 1, 1, 10, 5)): (5, 2, 1, 1, 1, 0, 1, "val"),
+        ("a", datetime(2024, 1, 1, 12, 1)): (2, 2, 1, 0, 1, 1, 1, "test"),  # a's last cutoff with a next event
         ("a", datetime(2024, 1, 3, 9, 0)): (None, None, 0, None, 0, None, 0, "test"),
-        ("b", datetime(2024, 1, 2, 8, 0)): (4, 2, 1, 0, 1, 0, 1, "val"),
+        ("b", datetime(2024, 1, 2, 8, 0)): (4, 2, 1, 0, 1, 0, 1, "test"),
         ("b", datetime(2024, 1, 2, 20, 0)): (None, None, 0, None, 0, None, 0, "test"),
         ("c", datetime(2024, 1, 1, 0, 0)): (None, None, 0, 0, 1, 1, 1, "test"),
     }
@@ -266,11 +266,27 @@ def test_temporal_split_boundaries_gap_and_next_label_masking(spark):
 
 
 def test_leave_last_out_exact_assignment(spark):
-    rows = [(u, ts(f"2024-01-0{d} 00:00:00"), None, None, None, 0) for u, days in (("a", [1, 2, 3, 4]), ("b", [5]), ("c", [2, 7])) for d in days]
+    # Each user's final cutoff has no next event (None); the held-out example is the last one with a next event.
+    days = {"a": [1, 2, 3, 4, 5], "b": [5, 6], "c": [2, 7, 8], "d": [9]}
+    rows = [
+        (u, ts(f"2024-01-0{d} 00:00:00"), ts(f"2024-01-0{d} 12:00:00") if d != ds[-1] else None, None, None, int(d != ds[-1]))
+        for u, ds in days.items() for d in ds
+    ]  # fmt: skip
     got = leave_last_out_split(spark.createDataFrame(rows, EXAMPLES_SCHEMA)).select("user_id", "cutoff_time", "split").collect()
     assert sorted((r[0], r[1].day, r[2]) for r in got) == [
-        ("a", 1, "train"), ("a", 2, "train"), ("a", 3, "val"), ("a", 4, "test"), ("b", 5, "test"), ("c", 2, "val"), ("c", 7, "test"),
+        ("a", 1, "train"), ("a", 2, "train"), ("a", 3, "val"), ("a", 4, "test"), ("a", 5, "test"),
+        ("b", 5, "test"), ("b", 6, "test"), ("c", 2, "val"), ("c", 7, "test"), ("c", 8, "test"), ("d", 9, "test"),
     ]  # fmt: skip
+
+
+def test_leave_last_out_train_range_ends_at_last_train_anchor(spark):
+    # One user, positions 0..7, cutoffs at 1, 3, 5, 6, 7 (7 is the last event: no next event).
+    # With-next cutoffs 1, 3, 5, 6: test 6, val 5, train 1 and 3 -> the train range is positions 0..3.
+    rows = [("u", p, p in (1, 3, 5, 6, 7)) for p in range(8)] + [("v", 0, True)]  # v: one cutoff, no next -> no train events
+    events = spark.createDataFrame(rows, "user_id string, user_pos int, is_cutoff boolean").withColumn("event_time", F.lit(None).cast("timestamp"))
+    cfg = FeaturesConfig(split="leave_last_out")
+    got = train_range(events, cfg, split_bounds(0, 1, cfg)).select("user_id", "user_pos").collect()
+    assert sorted(tuple(r) for r in got) == [("u", 0), ("u", 1), ("u", 2), ("u", 3)]
 
 
 def test_vocab_cutoff_oov_and_stable_across_reruns(spark):

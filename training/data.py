@@ -19,6 +19,7 @@ saw at epoch ``e`` (an endless reader is not reproducible across its passes).
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -76,6 +77,10 @@ def petastorm_batches(
     from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
 
+    # Petastorm 0.12 calls pyarrow's legacy ParquetDataset API (FutureWarning per file) and hands torch
+    # read-only arrays (UserWarning); both are known and harmless, and per rank they flood the job's log.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
     # Distributed only: each rank reads its own files.
     mine = shard_files(files, rank, world_size)
     torch.manual_seed(seed)  # BatchedDataLoader's shuffling buffer draws from torch's RNG

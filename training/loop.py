@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,6 +48,18 @@ class TrainParams:
     source: str = "petastorm"  # "petastorm" (streamed) | "memory" (this rank's shard preloaded as tensors: benchmark reference)
     mlflow_tracking_uri: str | None = None  # rank 0 logs per-epoch metrics into mlflow_run_id
     mlflow_run_id: str | None = None
+    log_level: str = "INFO"  # rank 0's progress lines (app.log_level); other ranks log warnings only
+
+
+def _configure_rank_logging(rank: int, level: str) -> None:
+    """Rank 0 logs progress at ``level``, other ranks warnings only.
+
+    Distributed only: a rank started by ``horovod.spark.run`` or ``horovodrun``
+    is a fresh process with no logging set up; its stderr reaches the job's log.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("training").setLevel(level if rank == 0 else logging.WARNING)
 
 
 def train_fn(params: TrainParams) -> dict[str, Any]:
@@ -60,6 +73,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
 
     hvd = _init_horovod(params.distributed)
     rank, size = (hvd.rank(), hvd.size()) if hvd else (0, 1)
+    _configure_rank_logging(rank, params.log_level)
     if hvd and not torch.cuda.is_available():
         # Distributed only: ranks share the host's cores; one thread each avoids oversubscription.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))

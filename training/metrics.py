@@ -17,16 +17,28 @@ def batch_ranking_sums(scores: Tensor, target: Tensor, mask: Tensor, k: int = 10
     The target's rank counts items scored strictly higher (ties resolved in
     the target's favour); padding and OOV are never candidates.
     """
-    m = mask.bool() & (target.long() >= SPECIAL_ITEMS)
+    rank, m = target_ranks(scores, target, mask)
     if not m.any():
         return torch.zeros(3)
-    s = scores[m].float().clone()
-    s[:, :SPECIAL_ITEMS] = -math.inf
-    t = target[m].long()
-    rank = (s > s.gather(1, t.unsqueeze(1))).sum(dim=1)  # 0-based
     hit = rank < k
     ndcg = torch.where(hit, 1.0 / torch.log2(rank.float() + 2.0), torch.zeros_like(rank, dtype=torch.float))
     return torch.tensor([hit.sum().item(), ndcg.sum().item(), float(m.sum().item())])
+
+
+def target_ranks(scores: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """0-based full-catalogue rank of each kept row's target, and which rows were kept.
+
+    Kept rows: ``mask == 1`` and the target a real item (not padding or OOV,
+    which no method can recommend). The rank counts the real items scored
+    strictly higher than the target (ties resolved in the target's favour).
+    Float64 scores stay float64 (baselines break ties with small fractions).
+    """
+    m = mask.bool() & (target.long() >= SPECIAL_ITEMS)
+    s = scores[m]
+    s = s.clone() if s.dtype == torch.float64 else s.float().clone()
+    s[:, :SPECIAL_ITEMS] = -math.inf
+    t = target[m].long()
+    return (s > s.gather(1, t.unsqueeze(1))).sum(dim=1), m
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -16,8 +16,9 @@ Heads:
 - next event type: same positions, a small softmax;
 - purchase within H_p and churn within H_c: a small MLP over the last valid
   position's state joined with the user-profile features as of the cutoff
-  (numeric profiles as ``sign(x) * log1p(|x|)``, projected; the top category
-  through the shared category embedding).
+  (numeric profiles as ``sign(x) * log1p(|x|)`` standardised with the train
+  split's statistics from the schema artifact, projected, plus a linear "wide"
+  path; the top category through the shared category embedding).
 Censored labels are masked out of the loss, never counted as negatives.
 """
 
@@ -46,6 +47,7 @@ class ModelConfig:
     max_len: int
     n_event_types: int
     profile_features: dict[str, str | None] = None  # type: ignore[assignment]  # scalar profile column -> embedding table or None (numeric)
+    profile_scale: dict[str, dict[str, float]] = None  # type: ignore[assignment]  # numeric profile -> mean/std of sign(x)*log1p(|x|) on train
     encoder: Literal["transformer", "gru"] = "transformer"
     dim: int = 64
     layers: int = 2
@@ -58,7 +60,7 @@ class ModelConfig:
         seq = {c["name"]: c.get("embedding") for c in schema["columns"] if c.get("role") == "sequence" and c["shape"]}
         prof = {c["name"]: c.get("embedding") for c in schema["columns"] if c.get("role") == "profile" and not c["shape"]}
         sizes = dict(schema["embedding_sizes"])
-        return cls(embedding_sizes=sizes, sequence_features=seq, max_len=int(schema["max_len"]), n_event_types=sizes["event_type"], profile_features=prof, **train)  # type: ignore[arg-type]
+        return cls(embedding_sizes=sizes, sequence_features=seq, max_len=int(schema["max_len"]), n_event_types=sizes["event_type"], profile_features=prof, profile_scale=schema.get("profile_scale"), **train)  # type: ignore[arg-type]
 
 
 class SequenceEncoder(nn.Module):
@@ -114,6 +116,11 @@ class MultiTaskModel(nn.Module):
         self.profile_numeric = [c for c, emb in profiles.items() if emb is None]
         self.profile_embedded = {c: emb for c, emb in profiles.items() if emb is not None}
         self.profile_proj = nn.Linear(len(self.profile_numeric), cfg.dim) if self.profile_numeric else None
+        scale = cfg.profile_scale or {}
+        mean = [float(scale.get(c, {}).get("mean", 0.0)) for c in self.profile_numeric]
+        std = [max(float(scale.get(c, {}).get("std", 1.0)), 1e-6) for c in self.profile_numeric]
+        self.register_buffer("profile_mean", torch.tensor(mean), persistent=False)
+        self.register_buffer("profile_std", torch.tensor(std), persistent=False)
         user_dim = cfg.dim * (1 + (self.profile_proj is not None) + len(self.profile_embedded))
         self.purchase_head = _mlp(user_dim, cfg.dim)
         self.churn_head = _mlp(user_dim, cfg.dim)
@@ -124,11 +131,11 @@ class MultiTaskModel(nn.Module):
         self.churn_wide = nn.Linear(n_wide, 1) if n_wide else None
 
     def profile_vector(self, batch: dict[str, Tensor]) -> Tensor | None:
-        """``[B, P]`` numeric profiles as ``sign(x) * log1p(|x|)`` (None without profiles)."""
+        """``[B, P]`` numeric profiles as ``sign(x) * log1p(|x|)``, standardised with the train split's statistics (None without profiles)."""
         if not self.profile_numeric:
             return None
         x = torch.stack([batch[c].float() for c in self.profile_numeric], dim=-1)
-        return torch.sign(x) * torch.log1p(x.abs())
+        return (torch.sign(x) * torch.log1p(x.abs()) - self.profile_mean) / self.profile_std
 
     def user_state(self, batch: dict[str, Tensor], h_last: Tensor, profile: Tensor | None) -> Tensor:
         """``[B, user_dim]``: the last position's state joined with the profile features."""

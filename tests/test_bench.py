@@ -1,0 +1,68 @@
+"""Benchmarks run end to end on tiny inputs: the report's numbers are checked against the tables they describe."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Quick: 6 weeks (a smaller generator pilot, fewer daily partitions), horizons short enough that every split has examples.
+SMALL = ["generate.days=42", "features.purchase_horizon_days=3", "features.churn_horizon_days=7", "features.train_ranks=1", "features.row_groups_per_rank=2"]
+
+
+@pytest.mark.e2e  # generate -> ingest -> sessionize -> features on 20,000 events: about 80 CPU-seconds
+def test_bench_features_end_to_end_reports_what_the_gold_tables_hold(spark, tmp_path):
+    from features.splits import SPLITS
+    from jobs.bench import main
+    from jobs.bench_features import bench_config
+    from jobs.config import load_config
+    from jobs.tables import TableIO
+
+    argv = ["features", "--events", "20000", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}"]
+    assert main([*argv, *[a for o in SMALL for a in ("--set", o)]]) == 0
+
+    results = json.loads((tmp_path / "reports" / "bench_features.json").read_text())
+    assert len(results) == 1
+    r = results[0]
+    cfg = load_config("local", REPO / "conf", [f"app.data_root={tmp_path}"])
+    tables = TableIO(spark, bench_config(cfg, r["bench_root"], r["input"]["raw"]))
+    assert Path(r["bench_root"]) == tmp_path / "bench" / "features" / "20000"
+
+    # Examples: the gold tables' row counts, per split and in total.
+    counts = {split: tables.read(f"gold_{split}").count() for split in SPLITS}
+    assert r["splits"] == counts
+    assert r["examples"] == sum(counts.values()) > 0
+    # Bytes per example: the gold snapshots' Parquet file sizes over the examples, exactly.
+    files = [f for split in SPLITS for f in tables.files(f"gold_{split}")]
+    size = sum(os.path.getsize(f.removeprefix("file://")) for f in files)
+    assert r["gold_bytes"] == size and r["gold_file_count"] == len(files)
+    assert r["bytes_per_example"] == size / r["examples"]
+    # The generated events all pass ingest, and no repeat is dropped by default: every stage sees the same events.
+    assert r["bronze_events"] == r["silver_events"] == r["events"] == tables.read("silver_events").count()
+    # Rates per core on local[2], and the ratios against the references timed in the same run.
+    f, s, c = r["features"], r["sessionize"], r["gold_copy"]
+    assert r["cores"] == f["cores"] == s["cores"] == c["cores"] == 2
+    assert f["events"] == r["silver_events"] and s["events"] == r["bronze_events"] and c["events"] == r["examples"]
+    assert r["seconds"] == f["seconds"] > 0
+    assert r["examples_per_s_per_core"] == r["examples"] / f["seconds"] / 2
+    assert r["features_over_sessionize"] == f["events_per_s_per_core"] / s["events_per_s_per_core"]
+    assert r["features_over_gold_copy"] == c["seconds"] / f["seconds"]
+    assert f["outputs"] == counts
+    # Peak memory of the driver Python with its JVM, sampled while the features job ran.
+    assert r["peak_rss_bytes"] == f["peak_rss_bytes"] > r["peak_jvm_rss_bytes"] > 0
+    assert f["cpu_s"] > 0
+    md = (tmp_path / "reports" / "bench_features.md").read_text()
+    assert f"| {r['events']:,} | {r['examples']:,} (" in md
+    # The gold copy (the I/O-floor reference) is cleaned up; the bench never wrote to the configured tables.
+    assert not (tmp_path / "bench" / "features" / "20000" / "gold_copy").exists()
+    assert not (tmp_path / "tables").exists()
+
+
+def test_bench_features_rejects_bad_sizes(spark, capsys, tmp_path):
+    from jobs.bench import main
+
+    assert main(["features", "--events", "1000,-5", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}"]) == 2
+    assert "--events: expected positive event counts" in capsys.readouterr().err

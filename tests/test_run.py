@@ -1,0 +1,191 @@
+"""`shopseq run`: the whole pipeline from the CLI entry point, its summary, and a second run that changes nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TRAINED_OVERRIDES
+
+TASKS = ("next_item", "next_action", "purchase", "churn")
+# The tables a run on generated data writes (it has no dirty rows, so no quarantine table).
+WRITTEN = ("bronze_events", "run_metrics", "silver_events", "sessions", "vocab", "gold_train", "gold_val", "gold_test", "metrics", "predictions", "predictions_latest")
+# Stages that find their inputs unchanged on a second run, and the tables they leave at the same version.
+SKIPPED_ON_RERUN = ("generate", "sessionize", "features", "train", "evaluate")
+UNCHANGED_ON_RERUN = ("bronze_events", "silver_events", "sessions", "vocab", "gold_train", "gold_val", "gold_test", "metrics")
+
+
+def _two_rank_overrides() -> list[str]:
+    """The shared small config, trained with 2 Horovod ranks on the test's Spark session instead of one process."""
+    two_ranks = {"features.train_ranks": "2", "train.launcher": "spark", "train.num_proc": "2"}
+    out = [o for o in TRAINED_OVERRIDES if o.split("=", 1)[0] not in two_ranks]
+    return out + [f"{k}={v}" for k, v in two_ranks.items()]
+
+
+def _args(root: Path, *extra: str, overrides: list[str]) -> list[str]:
+    sets = [a for o in [f"app.data_root={root}", *overrides] for a in ("--set", o)]
+    return ["--conf-dir", str(REPO / "conf"), *sets, *extra]
+
+
+def _table_versions(summary: str) -> dict[str, int]:
+    """``table -> version`` from the summary's table section."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s+[\d,]+\s+(?:yes|no)\s", summary, re.M)}
+
+
+def _task_rows(summary: str) -> dict[str, str]:
+    return {m[1]: m[0] for m in re.finditer(rf"^({'|'.join(TASKS)})\s+\S+\s+.*$", summary, re.M)}
+
+
+@pytest.mark.e2e
+@pytest.mark.horovod
+def test_run_generated_two_ranks_then_rerun_changes_nothing(spark, tmp_path, capsys):
+    from jobs.config import load_config
+    from jobs.run import main
+    from jobs.tables import TableIO
+
+    overrides = _two_rank_overrides()
+    tables = TableIO(spark, load_config("local", REPO / "conf", [f"app.data_root={tmp_path}", *overrides]))
+
+    assert main(_args(tmp_path, overrides=overrides)) == 0
+    first = capsys.readouterr().out
+    versions = _table_versions(first)
+    assert set(WRITTEN) <= set(versions), first
+    assert versions == {t: tables.version(t) for t in versions}  # the summary shows each table's real version
+    rows = _task_rows(first)
+    assert set(rows) == set(TASKS), first
+    assert "most_popular" in rows["next_item"] and "markov" in rows["next_item"] and "repeat_last" in rows["next_item"]
+    assert "logistic_regression" in rows["purchase"] and "logistic_regression" in rows["churn"]
+    assert all(re.search(r"\s(yes|no)\s+(beats|ties|loses)$", r) for r in rows.values()), rows
+    report = re.search(r"^Report:\s+(\S+)$", first, re.M)
+    assert report and Path(report[1]).is_file()
+    assert re.search(rf"^Checkpoints: {re.escape(str(tmp_path))}/checkpoints$", first, re.M)
+    assert re.search(rf"^MLflow:\s+file:{re.escape(str(tmp_path))}/mlruns \(experiment shopseq, run \w+\)$", first, re.M)
+    assert tables.history("gold_train")[0]["metadata"]["lineage"]["features"]["train_ranks"] == 2
+
+    assert main(_args(tmp_path, overrides=overrides)) == 0
+    second = capsys.readouterr().out
+    again = _table_versions(second)
+    assert {t: again[t] for t in UNCHANGED_ON_RERUN} == {t: versions[t] for t in UNCHANGED_ON_RERUN}
+    for stage in SKIPPED_ON_RERUN:
+        assert re.search(rf"^{stage}\s+[\d.]+\s+skipped \(up to date\)$", second, re.M), second
+    assert re.search(r"^ingest\s+[\d.]+\s+done \(no new rows: all duplicates\)$", second, re.M), second
+    assert again["run_metrics"] == versions["run_metrics"] + 1  # every ingest records its run, even one that adds nothing
+    assert _task_rows(second) == rows
+
+
+def test_run_stage_subset_and_bad_stage(spark, tmp_path, capsys):
+    from jobs.run import main
+
+    # Without generate, the generated input is missing: the failing stage's one-line error, exit 2.
+    assert main(_args(tmp_path, "--stages", "ingest,sessionize", overrides=[])) == 2
+    missing = tmp_path / "raw" / "generated" / "events"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"shopseq run: error: input {missing} does not exist; run 'shopseq generate' first or pass --input"
+    assert main(_args(tmp_path, "--stages", "ingest,sesionize", overrides=[])) == 2
+    assert capsys.readouterr().err.strip() == "shopseq run: error: --stages: unknown stage(s) ['sesionize']; choose from generate,ingest,sessionize,features,train,evaluate,predict"
+
+
+@pytest.mark.e2e
+@pytest.mark.horovod
+@pytest.mark.shared_data
+def test_run_taobao_sample_reports_metrics_against_baselines(spark, tmp_path, capsys, shared_data):
+    from jobs.run import main
+
+    path = shared_data / "taobao_head.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    # conf/datasets/taobao.yaml (applied by --format taobao) sets the window, horizons and boundaries; --set app.data_root wins over its root.
+    quick = ["train.epochs=3", "train.dim=32", "train.layers=1"]
+    assert main(_args(tmp_path, "--input", str(path), "--format", "taobao", overrides=quick)) == 0
+    out = capsys.readouterr().out
+    versions = _table_versions(out)
+    assert {"bronze_events", "quarantine", "gold_test", "metrics", "predictions_latest"} <= set(versions)
+    assert not re.search(r"^generate\s", out, re.M)  # real data: no synthetic stage
+    assert set(_task_rows(out)) == set(TASKS), out
+    assert re.search(r"^bronze_events\s+0\s+84,440\s", out, re.M)  # the 35 rows before 2017-11-25 +08:00 are quarantined
+    assert re.search(r"^quarantine\s+0\s+35\s", out, re.M)
+
+
+def test_dataset_layer_sits_between_env_and_set(tmp_path):
+    from jobs.config import ConfigError, load_config
+    from jobs.run import dataset_layer
+
+    layer = dataset_layer(str(REPO / "conf"), "taobao")
+    assert layer == REPO / "conf" / "datasets" / "taobao.yaml"
+    assert dataset_layer(str(REPO / "conf"), "rees46") is None and dataset_layer(str(REPO / "conf"), None) is None
+    cfg = load_config("local", REPO / "conf", ["features.val_end=2017-12-01"], [layer])
+    fc = cfg.features
+    assert (cfg.app.data_root, fc.train_end, fc.val_end, fc.purchase_horizon_days, fc.churn_horizon_days) == ("shopseq-data/taobao", "2017-11-30", "2017-12-01", 1.0, 1.0)
+    assert (cfg.ingest.min_event_time, cfg.ingest.now, cfg.ingest.max_future_skew_hours) == ("2017-11-25T00:00:00+08:00", "2017-12-04T00:00:00+08:00", 0.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("features:\n  horizon_days: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad))}: unknown key 'features.horizon_days'$"):
+        load_config("local", REPO / "conf", [], [bad])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("local", REPO / "conf", [], [tmp_path / "missing.yaml"])
+
+
+def test_select_stages():
+    from jobs.common import InputError
+    from jobs.run import STAGES, select_stages
+
+    assert select_stages(None, real_data=False) == STAGES
+    assert select_stages(None, real_data=True) == STAGES[1:]
+    assert select_stages("train, features", real_data=False) == ("features", "train")  # pipeline order, not the order given
+    assert select_stages("generate,ingest", real_data=True) == ("ingest",)
+    with pytest.raises(InputError, match=r"unknown stage\(s\) \['trian'\]"):
+        select_stages("features,trian", real_data=False)
+
+
+def test_summary_text():
+    from jobs.run import format_summary
+
+    result = {
+        "stages": [{"stage": "features", "seconds": 3.25, "skipped": True}, {"stage": "evaluate", "seconds": 12.0, "skipped": False}],
+        "seconds": 15.3,
+        "data_root": "/data",
+        "tables": [
+            {"table": "gold_test", "location": "/data/tables/gold_test", "version": 3, "changed": False, "rows": 1200},
+            {"table": "metrics", "location": "/data/tables/metrics", "version": 0, "changed": True, "rows": 60},
+        ],
+        "evaluation": {
+            "split": "test",
+            "report_path": "/data/reports/abc/report.md",
+            "comparison": [
+                {"task": "next_item", "metric": "ndcg@10", "model": 0.1375, "baselines": [{"name": "most_popular", "value": 0.02}, {"name": "markov", "value": 0.1035}], "beats_baselines": True, "outcome": "beats"},
+                {"task": "churn", "metric": "roc_auc", "model": 0.8674, "baselines": [{"name": "logistic_regression", "value": None}], "beats_baselines": False, "outcome": "loses"},
+            ],
+        },
+        "prediction": {"rows": 1000, "as_of_key": "20240421T235954.000001Z", "model_version": "run1-e0004"},
+        "results": {"train": {"history": [{"train_loss": 6.05, "val_ndcg@10": 0.1368}]}},
+        "checkpoint_dir": "/data/checkpoints",
+        "mlflow": {"tracking_uri": "file:/data/mlruns", "experiment": "shopseq", "run_id": "run1"},
+    }
+    assert format_summary(result) == (
+        "shopseq run: 2 stage(s) in 15.3 s, data root /data\n"
+        "\n"
+        "stage     seconds  status\n"
+        "--------  -------  --------------------\n"
+        "features      3.2  skipped (up to date)\n"
+        "evaluate     12.0  done\n"
+        "\n"
+        "Tables (Delta version; changed = written by this run)\n"
+        "table      version  rows   changed  location\n"
+        "---------  -------  -----  -------  ----------------------\n"
+        "gold_test        3  1,200  no       /data/tables/gold_test\n"
+        "metrics          0     60  yes      /data/tables/metrics\n"
+        "\n"
+        "Model vs baselines (test split)\n"
+        "task       metric   model   baselines                           beats baselines  outcome\n"
+        "---------  -------  ------  ----------------------------------  ---------------  -------\n"
+        "next_item  ndcg@10  0.1375  most_popular 0.0200, markov 0.1035  yes              beats\n"
+        "churn      roc_auc  0.8674  logistic_regression n/a             no               loses\n"
+        "\n"
+        "Report:      /data/reports/abc/report.md\n"
+        "\n"
+        "Training:    1 epoch(s), last train loss 6.0500, val NDCG@10 0.1368\n"
+        "Predictions: 1,000 users as of 20240421T235954.000001Z, model version run1-e0004\n"
+        "Checkpoints: /data/checkpoints\n"
+        "MLflow:      file:/data/mlruns (experiment shopseq, run run1)\n"
+    )
