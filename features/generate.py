@@ -92,24 +92,34 @@ Funnel (per view, independent draws)
     * ``purchase`` of a carted item with probability ``purchase_rate``, at the
       session's checkout: ``action_delay_max_s`` plus 1..``checkout_delay_max_s``
       seconds after the last view (defaults: 61..360 s), plus the view index
-      in seconds (purchases of one checkout are a second apart). So purchase/cart is ``purchase_rate`` in
-      expectation and every purchase comes after the cart of the same item in
-      the same session.
+      in seconds (purchases of one checkout are a second apart). So in-session
+      purchase/cart is ``purchase_rate`` in expectation and every such purchase
+      comes after the cart of the same item in the same session.
+    * Returning checkout: a cart not bought in its session is bought at the
+      start of the user's next session with probability ``return_rate``: a
+      ``purchase`` ``n_views - view`` seconds before that session's first view
+      (so at most ``max_views_per_session`` s before it, in that session's
+      ``session_hint``). After a session that abandoned carts the next event
+      is then often a purchase rather than a view: what a next-action model
+      can learn from the sequence and a transition table of event types
+      cannot.
     * Events at or after the user's ``churn_time`` or the window end are cut.
       Cutting only removes later events, so the funnel order still holds.
 
 Gaps, precisely: inside a session consecutive events are at most
 ``max(view_gap_max_s, action_delay_max_s + checkout_delay_max_s +
 max_views_per_session)`` seconds apart (defaults: 20 minutes); between
-sessions at least ``min_session_gap_minutes`` (defaults: 60). With the
+sessions at least ``min_session_gap_minutes`` minus ``max_views_per_session``
+seconds (a returning checkout; defaults: 59 minutes). With the
 defaults, gap-based sessionization at 30 minutes recovers ``session_hint``
 exactly.
 
-Volume: about ``users * days/7 * sessions_per_user_per_week * 0.86
-* views_per_session * (1 + fav_rate + cart_rate * (1 + purchase_rate))``
-events (0.86: churn, the session-gap rule and the views cap); the defaults
-give 414,040 events (344,482 views, 13,719 favs, 41,391 carts, 14,448
-purchases) in 34,471 sessions of 2,000 users (362 churned).
+Volume: about ``users * days/7 * sessions_per_user_per_week * 0.88
+* views_per_session * (1 + fav_rate + cart_rate * (1 + purchase_rate +
+(1 - purchase_rate) * return_rate))`` events (0.88: churn, the session-gap
+rule and the views cap); the defaults give 887,930 events (710,879 views,
+28,337 favs, 85,763 carts, 62,951 purchases) in 71,090 sessions of 1,000
+users (169 churned).
 """
 
 from __future__ import annotations
@@ -206,7 +216,7 @@ def validate(cfg: GenerateConfig) -> None:
     for name in ("sessions_per_user_per_week", "activity_sigma", "weekend_boost", "min_session_gap_minutes", "view_gap_median_s", "view_gap_sigma",
                  "category_zipf_exponent", "zipf_exponent", "price_sigma", "buyer_sigma", "churn_decline_days"):
         checks.append((getattr(cfg, name) >= 0, name, "must be >= 0"))
-    for name in ("churn_rate", "interest_strength", "session_focus", "fav_rate", "cart_rate", "purchase_rate", "brand_missing_rate"):
+    for name in ("churn_rate", "interest_strength", "session_focus", "fav_rate", "cart_rate", "purchase_rate", "return_rate", "brand_missing_rate"):
         checks.append((0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]"))
     try:
         window_seconds(cfg)
@@ -277,7 +287,13 @@ def synth_events(users: DataFrame, cfg: GenerateConfig) -> DataFrame:
     validate(cfg)
     if "user_key" not in users.columns:
         users = synth_users(users, cfg)
-    return users.transform(candidate_sessions, cfg).transform(spaced_sessions, cfg).transform(session_views, cfg).transform(view_events, cfg)
+    return (
+        users.transform(candidate_sessions, cfg)
+        .transform(spaced_sessions, cfg)
+        .transform(with_next_session)
+        .transform(session_views, cfg)
+        .transform(view_events, cfg)
+    )
 
 
 def candidate_sessions(users: DataFrame, cfg: GenerateConfig) -> DataFrame:
@@ -380,6 +396,15 @@ def spaced_sessions(sessions: DataFrame, cfg: GenerateConfig) -> DataFrame:
     )
 
 
+def with_next_session(sessions: DataFrame) -> DataFrame:
+    """The start and id of the user's next session (null for the last one), for returning checkouts.
+
+    Needs: ``user_key``, ``start_s``, ``hour``. Adds: ``next_start_s``, ``next_hour``.
+    """
+    following = Window.partitionBy("user_key").orderBy("start_s")
+    return sessions.withColumns({"next_start_s": F.lead("start_s").over(following), "next_hour": F.lead("hour").over(following)})
+
+
 def session_views(sessions: DataFrame, cfg: GenerateConfig) -> DataFrame:
     """One row per view: its category (session focus or a fresh draw), Zipf item, price and brand.
 
@@ -406,25 +431,28 @@ def session_views(sessions: DataFrame, cfg: GenerateConfig) -> DataFrame:
 
 
 def view_events(views: DataFrame, cfg: GenerateConfig) -> DataFrame:
-    """Each view, plus its fav, cart and purchase where drawn; cut at the user's ``active_until_s``.
+    """Each view, plus its fav, cart, purchase and returning purchase where drawn; cut at the user's ``active_until_s``.
 
-    Needs: :func:`session_views` columns. Returns :data:`EVENT_COLUMNS`.
+    Needs: :func:`session_views` and :func:`with_next_session` columns. Returns :data:`EVENT_COLUMNS`.
     """
     uk, h, j, off = F.col("user_key"), F.col("hour"), F.col("view"), F.col("offset")
 
     def delay(tag: str) -> Column:
         return 1 + F.floor(unit(cfg, tag, uk, h, j) * cfg.action_delay_max_s).cast("long")
 
+    def event(kind: str, at: Column, on: Column, session: Column = h) -> Column:
+        return F.struct(F.lit(kind).alias("type"), at.alias("at"), on.alias("on"), session.alias("session"))
+
     carted = unit(cfg, "view.cart", uk, h, j) < F.least(F.lit(1.0), cfg.cart_rate * F.col("buyer"))
+    bought = carted & (unit(cfg, "view.purchase", uk, h, j) < cfg.purchase_rate)
+    returned = carted & ~bought & F.col("next_start_s").isNotNull() & (unit(cfg, "view.return", uk, h, j) < cfg.return_rate)
     candidates = F.array(
-        F.struct(F.lit("view").alias("type"), off.alias("at"), F.lit(True).alias("on")),
-        F.struct(F.lit("fav").alias("type"), (off + delay("view.fav_delay")).alias("at"), (unit(cfg, "view.fav", uk, h, j) < cfg.fav_rate).alias("on")),
-        F.struct(F.lit("cart").alias("type"), (off + delay("view.cart_delay")).alias("at"), carted.alias("on")),
-        F.struct(
-            F.lit("purchase").alias("type"),
-            (F.col("checkout_s") + j).alias("at"),
-            (carted & (unit(cfg, "view.purchase", uk, h, j) < cfg.purchase_rate)).alias("on"),
-        ),
+        event("view", off, F.lit(True)),
+        event("fav", off + delay("view.fav_delay"), unit(cfg, "view.fav", uk, h, j) < cfg.fav_rate),
+        event("cart", off + delay("view.cart_delay"), carted),
+        event("purchase", F.col("checkout_s") + j, bought),
+        # Returning checkout: just before the next session's first view, in that session.
+        event("purchase", F.col("next_start_s") - F.col("start_s") - F.col("n_views") + j, returned, F.col("next_hour")),
     )
     at = F.col("start_s") + F.col("e.at")
     return (
@@ -438,6 +466,6 @@ def view_events(views: DataFrame, cfg: GenerateConfig) -> DataFrame:
             F.timestamp_seconds(at).alias("event_time"),
             "price",
             "brand",
-            F.concat(F.col("user_id"), F.lit("-s"), h.cast("string")).alias("session_hint"),
+            F.concat(F.col("user_id"), F.lit("-s"), F.col("e.session").cast("string")).alias("session_hint"),
         )
     )

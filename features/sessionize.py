@@ -41,12 +41,21 @@ from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.schema import EVENT_COLUMNS, EVENT_TYPES
+from features.schema import EVENT_COLUMNS, EVENT_SCHEMA, EVENT_TYPES
 from jobs.config import SessionizeConfig
 
 FUNNEL_ORDER: tuple[str, ...] = EVENT_TYPES  # view < fav < cart < remove_from_cart < purchase
 SESSION_COLUMNS: list[str] = ["session_id", "session_index", "event_index", "is_bot_suspect"]
 SILVER_COLUMNS: list[str] = EVENT_COLUMNS + SESSION_COLUMNS
+SILVER_SCHEMA = T.StructType(
+    EVENT_SCHEMA.fields
+    + [
+        T.StructField("session_id", T.StringType()),
+        T.StructField("session_index", T.IntegerType()),
+        T.StructField("event_index", T.IntegerType()),
+        T.StructField("is_bot_suspect", T.BooleanType()),
+    ]
+)
 REMOVED_FLAG = "is_removed_repeat"
 _DAY = "_ss_day"  # internal: UTC day of event_time
 _RANK = "_ss_rank"  # internal: funnel rank of event_type

@@ -127,10 +127,11 @@ class GenerateConfig:
     cart_rate: float = 0.12  # P(cart | view), mean over users
     buyer_sigma: float = 0.5  # per-user multiplier of cart_rate ~ log-normal, mean 1
     purchase_rate: float = 0.35  # P(purchase | cart)
+    return_rate: float = 0.6  # P(a cart not bought in its session is bought at the start of the user's next session)
     # churn
     churn_rate: float = 0.2  # share of users who stop all activity at churn_time
     churn_earliest: float = 0.25  # churn_time ~ uniform in [earliest, latest] x window
-    churn_latest: float = 0.75
+    churn_latest: float = 0.95
     churn_decline_days: float = 7.0  # churners' session rate falls linearly to 0 over these days (0 = abrupt)
 
 
@@ -196,15 +197,15 @@ class TrainConfig:
     heads: int = 2
     dropout: float = 0.1
     batch_size: int = 256
-    epochs: int = 5
+    epochs: int = 8
     lr: float = 0.001
     weight_decay: float = 0.0
-    loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5})
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 1.0, "purchase": 1.0, "churn": 2.0})
     num_negatives: int = 0
     launcher: Literal["spark", "horovodrun", "local"] = "spark"
     num_proc: int = 2
     amp: bool = False
-    patience: int = 2
+    patience: int = 3
     seed: int = 7
     resume: bool = True
     deterministic: bool = False

@@ -5,50 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from features.schema import EVENT_SCHEMA
 from features.sequences import build_examples
 from features.splits import SplitBounds, leave_last_out_split, split_bounds, temporal_split, train_range
 from features.vocab import OOV_INDEX, apply_vocab, fit_vocab, with_vocab_version
 from jobs.config import ConfigError, FeaturesConfig
+from tests.rows import SILVER_SCHEMA, silver, ts, us
 
 log = logging.getLogger(__name__)
 
-SILVER_SCHEMA = T.StructType(
-    EVENT_SCHEMA.fields
-    + [
-        T.StructField("session_id", T.StringType()),
-        T.StructField("session_index", T.IntegerType()),
-        T.StructField("event_index", T.IntegerType()),
-        T.StructField("is_bot_suspect", T.BooleanType()),
-    ]
-)
 DAY_US = 86_400_000_000
 
 
-def ts(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-
-
-def us(text: str) -> int:
-    return int(ts(text).timestamp()) * 1_000_000
-
-
-def silver(spark, spec: list[tuple]) -> DataFrame:
-    """(user, time, event_type, item, category, price, session_index, event_index) -> silver rows."""
-    rows = []
-    for i, (user, when, etype, item, cat, price, s_idx, e_idx) in enumerate(spec):
-        t = ts(when)
-        rows.append((f"{user}-{i:03d}", user, t, etype, item, cat, price, None, None, t.date(), "test", f"{user}-s{s_idx}", s_idx, e_idx, False))
-    return spark.createDataFrame(rows, SILVER_SCHEMA)
 
 
 def bounds_for(cfg: FeaturesConfig, start: str, end: str) -> SplitBounds:

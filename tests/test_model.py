@@ -43,7 +43,7 @@ def test_shapes_and_causality(encoder):
     model = _model(encoder)
     batch = _batch([[0, 0, 3, 4, 5], [6, 7, 8, 9, 2]])
     out = model(batch)
-    assert out["hidden"].shape == (2, 5, 16) and out["action_logits"].shape == (2, 5, 6)
+    assert out["hidden"].shape == (2, 5, 16) and out["action_logits"].shape == (2, 6)
     assert out["purchase_logit"].shape == (2,) and out["churn_logit"].shape == (2,)
     assert torch.isfinite(out["hidden"]).all()
     # Changing the future (position 4) must not change positions 0..3: the causal mask hides it.

@@ -6,44 +6,18 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from features.schema import EVENT_SCHEMA
 from features.scoring import latest_windows, window_columns
 from features.sequences import build_examples, prepare_events, to_gold
 from features.splits import SplitBounds
 from features.vocab import OOV_INDEX, fit_vocab
 from jobs.config import FeaturesConfig
+from tests.rows import silver, ts, us
 
-SILVER_SCHEMA = T.StructType(
-    EVENT_SCHEMA.fields
-    + [
-        T.StructField("session_id", T.StringType()),
-        T.StructField("session_index", T.IntegerType()),
-        T.StructField("event_index", T.IntegerType()),
-        T.StructField("is_bot_suspect", T.BooleanType()),
-    ]
-)
 AS_OF = "2024-01-03 00:00:00"
 
 
-def ts(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-
-
-def us(text: str) -> int:
-    return int(ts(text).timestamp()) * 1_000_000
-
-
-def silver(spark, spec: list[tuple]) -> DataFrame:
-    """(user, time, event_type, item, category, price, session_index, event_index) -> silver rows."""
-    rows = []
-    for i, (user, when, etype, item, cat, price, s_idx, e_idx) in enumerate(spec):
-        t = ts(when)
-        rows.append((f"{user}-{i:03d}", user, t, etype, item, cat, price, None, None, t.date(), "test", f"{user}-s{s_idx}", s_idx, e_idx, False))
-    return spark.createDataFrame(rows, SILVER_SCHEMA)
 
 
 # a: two sessions before as_of, then one event exactly at as_of and one after (both excluded).

@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from features.schema import EVENT_SCHEMA
-from features.sessionize import REMOVED_FLAG, SESSIONS_SCHEMA, removal_metrics, sessionize, sessions_table, silver_events
+from features.sessionize import REMOVED_FLAG, SESSIONS_SCHEMA, SILVER_SCHEMA, removal_metrics, sessionize, sessions_table, silver_events
 from jobs.config import SessionizeConfig
 
-SILVER_SCHEMA = T.StructType(
-    EVENT_SCHEMA.fields
-    + [
-        T.StructField("session_id", T.StringType()),
-        T.StructField("session_index", T.IntegerType()),
-        T.StructField("event_index", T.IntegerType()),
-        T.StructField("is_bot_suspect", T.BooleanType()),
-    ]
-)
 GAP30 = SessionizeConfig(gap_minutes=30.0)
 
 
@@ -405,11 +395,3 @@ def test_bench_duckdb_sql_matches_the_spark_transforms(spark, tmp_path):
         got = spark.read.parquet(str(tmp_path / "duckdb" / f"{name}.parquet")).select(*cols)
         assertDataFrameEqual(got, want)
     assert spark.read.parquet(str(tmp_path / "spark" / "silver_events")).count() == 12
-
-
-def test_bench_dispatch_by_name(capsys):
-    from jobs.bench import main
-
-    for name in ("features", "predict"):
-        assert main([name]) == 3
-        assert f"shopseq bench {name}: not built yet" in capsys.readouterr().err

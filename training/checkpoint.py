@@ -25,15 +25,8 @@ def predict_tensors(model: MultiTaskModel, data: dict[str, torch.Tensor], batch_
     for start in range(0, n, batch_size):
         batch = {k: v[start : start + batch_size] for k, v in data.items()}
         out = model(batch)
-        last = out["action_logits"][torch.arange(len(out["hidden_last"])), _last(batch)]
         parts["hidden_last"].append(out["hidden_last"])
         parts["purchase"].append(torch.sigmoid(out["purchase_logit"]))
         parts["churn"].append(torch.sigmoid(out["churn_logit"]))
-        parts["action"].append(torch.softmax(last, dim=-1))
+        parts["action"].append(torch.softmax(out["action_logits"], dim=-1))
     return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def _last(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    from training.model import ITEM_FEATURE, last_valid_index
-
-    return last_valid_index(batch[ITEM_FEATURE])

@@ -127,7 +127,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
             out = model(batch)
         hidden = out["hidden"].float()
         t_item, m_item = next_targets(batch[ITEM_FEATURE].long(), batch["next_item_idx"].long(), batch["next_label_mask"])
-        t_act, m_act = next_targets(batch["event_type_idx_seq"].long(), batch["next_event_type_idx"].long(), batch["next_label_mask"])
+        t_act, m_act = batch["next_event_type_idx"].long(), batch["next_label_mask"].bool()  # the cutoff's next event type
         parts = {
             "next_item": next_item_loss(model, hidden, t_item, m_item, params.num_negatives, log_q),
             "next_action": torch.nn.functional.cross_entropy(out["action_logits"].float()[m_act], t_act[m_act]) if m_act.any() else hidden.sum() * 0,

@@ -13,12 +13,16 @@ Heads:
   at every valid position of the window (target = the item at ``t + 1``, and
   the label's next item at the last position), with the full softmax or a
   sampled softmax with log-Q correction for large catalogues;
-- next event type: same positions, a small softmax;
-- purchase within H_p and churn within H_c: a small MLP over the last valid
-  position's state joined with the user-profile features as of the cutoff
+- next event type, purchase within H_p and churn within H_c: small MLPs over
+  the cutoff's user state, the last valid position's state joined with the
+  user-profile features as of the cutoff
   (numeric profiles as ``sign(x) * log1p(|x|)`` standardised with the train
   split's statistics from the schema artifact, projected, plus a linear "wide"
-  path; the top category through the shared category embedding).
+  path for purchase and churn; the top category through the shared category
+  embedding). Next event type is trained on the cutoff's label only: the
+  question is asked after a session or a day, and a head trained between two
+  events of a session would mostly learn within-session steps (and cannot tell
+  whether the session has ended).
 Censored labels are masked out of the loss, never counted as negatives.
 """
 
@@ -111,7 +115,6 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = SequenceEncoder(cfg)
-        self.action_head = nn.Linear(cfg.dim, cfg.n_event_types)
         profiles = cfg.profile_features or {}
         self.profile_numeric = [c for c, emb in profiles.items() if emb is None]
         self.profile_embedded = {c: emb for c, emb in profiles.items() if emb is not None}
@@ -122,6 +125,9 @@ class MultiTaskModel(nn.Module):
         self.register_buffer("profile_mean", torch.tensor(mean), persistent=False)
         self.register_buffer("profile_std", torch.tensor(std), persistent=False)
         user_dim = cfg.dim * (1 + (self.profile_proj is not None) + len(self.profile_embedded))
+        # Next action is asked at the cutoff (after a session, a day), not between two events of a
+        # session: a head over the cutoff's user state, trained on the cutoff's label only.
+        self.action_head = _mlp(user_dim, cfg.dim, cfg.n_event_types)
         self.purchase_head = _mlp(user_dim, cfg.dim)
         self.churn_head = _mlp(user_dim, cfg.dim)
         # Wide part (wide & deep): a direct linear path from the profiles, so the
@@ -160,7 +166,7 @@ class MultiTaskModel(nn.Module):
         return {
             "hidden": h,
             "hidden_last": h_last,
-            "action_logits": self.action_head(h),
+            "action_logits": self.action_head(user),
             "purchase_logit": self._head(self.purchase_head, self.purchase_wide, user, profile),
             "churn_logit": self._head(self.churn_head, self.churn_wide, user, profile),
         }
@@ -170,8 +176,8 @@ class MultiTaskModel(nn.Module):
         return hidden @ self.encoder.item_table.weight.T
 
 
-def _mlp(inp: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+def _mlp(inp: int, hidden: int, out: int = 1) -> nn.Module:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
 def attention_mask(valid: Tensor, heads: int) -> Tensor:
