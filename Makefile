@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 .PHONY: setup test test-fast run bench clean help
 
 help:
-	@echo "make test   set up .venv (first time ~10 min, Horovod build cached) and run the test suite"
+	@echo "make test   set up .venv (first time a few minutes: the Horovod build, then cached) and run the test suite"
 	@echo "make run    set up .venv and run the whole pipeline locally (shopseq run)"
 
 setup: $(STAMP)
