@@ -53,6 +53,15 @@ Users (:func:`synth_users`)
       (whole seconds). They have no event at or after ``churn_time``, and
       their session rate falls linearly from 1x to 0 over the
       ``churn_decline_days`` before it (a fading user, as real churners are).
+      Their sessions also shrink as they fade: a session's engagement is
+      ``1 - churn_engagement_fade * (1 - decline(h))``, where ``decline(h)``
+      is that rate factor, and it scales the mean views per session and the
+      cart probability per view (defaults: a 14-day decline and fade 0.8, so
+      a session two days before churn_time has about 3.1 views on average
+      instead of 10, and carts at about 0.31x the usual rate). The recent
+      sessions' cadence and shape, not lifetime totals, tell a fading user
+      from a quiet one: what a sequence model can read and a logistic
+      regression on profile aggregates cannot.
       Everyone else stays active to the end of the window (``churned`` false,
       ``churn_time`` null).
 
@@ -69,7 +78,8 @@ Sessions
       after the end of any earlier candidate of the same user is dropped, so
       gaps between sessions are at least that (hours to days in practice).
     * ``session_hint`` is ``"<user_id>-s<h>"``: the generator's own session id.
-    * Views per session: geometric with mean ``views_per_session``, at most
+    * Views per session: geometric with mean ``views_per_session`` (less
+      for a fading churner, above), at most
       ``max_views_per_session``. The first view is at the session start; each
       next one ``clip(round(view_gap_median_s * exp(view_gap_sigma * z)), 1,
       view_gap_max_s)`` seconds later (log-normal: seconds to minutes).
@@ -84,10 +94,11 @@ Sessions
 Funnel (per view, independent draws)
     * ``fav`` with probability ``fav_rate``, 1..``action_delay_max_s`` s after
       the view.
-    * ``cart`` with probability ``min(1, cart_rate * b)``,
+    * ``cart`` with probability ``min(1, cart_rate * b * engagement)``,
       1..``action_delay_max_s`` s after the view: a cart always follows a view
-      of the same item in the same session. Over all views cart/view is
-      ``cart_rate`` in expectation (``b`` has mean 1 and is independent of
+      of the same item in the same session (``engagement`` is 1 outside
+      a churner's fade, above). Over all views cart/view is about
+      ``cart_rate`` (``b`` has mean 1 and is independent of
       activity).
     * ``purchase`` of a carted item with probability ``purchase_rate``, at the
       session's checkout: ``action_delay_max_s`` plus 1..``checkout_delay_max_s``
@@ -114,12 +125,12 @@ seconds (a returning checkout; defaults: 59 minutes). With the
 defaults, gap-based sessionization at 30 minutes recovers ``session_hint``
 exactly.
 
-Volume: about ``users * days/7 * sessions_per_user_per_week * 0.88
+Volume: about ``users * days/7 * sessions_per_user_per_week * 0.79
 * views_per_session * (1 + fav_rate + cart_rate * (1 + purchase_rate +
-(1 - purchase_rate) * return_rate))`` events (0.88: churn, the session-gap
-rule and the views cap); the defaults give 887,930 events (710,879 views,
-28,337 favs, 85,763 carts, 62,951 purchases) in 71,090 sessions of 1,000
-users (169 churned).
+(1 - purchase_rate) * return_rate))`` events (0.79: churn and the churners'
+fading sessions, the session-gap rule and the views cap); the defaults give
+785,007 events (629,296 views, 25,082 favs, 75,320 carts, 55,309 purchases)
+in 63,426 sessions of 1,000 users (372 churned).
 """
 
 from __future__ import annotations
@@ -216,7 +227,7 @@ def validate(cfg: GenerateConfig) -> None:
     for name in ("sessions_per_user_per_week", "activity_sigma", "weekend_boost", "min_session_gap_minutes", "view_gap_median_s", "view_gap_sigma",
                  "category_zipf_exponent", "zipf_exponent", "price_sigma", "buyer_sigma", "churn_decline_days"):
         checks.append((getattr(cfg, name) >= 0, name, "must be >= 0"))
-    for name in ("churn_rate", "interest_strength", "session_focus", "fav_rate", "cart_rate", "purchase_rate", "return_rate", "brand_missing_rate"):
+    for name in ("churn_rate", "churn_engagement_fade", "interest_strength", "session_focus", "fav_rate", "cart_rate", "purchase_rate", "return_rate", "brand_missing_rate"):
         checks.append((0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]"))
     try:
         window_seconds(cfg)
@@ -333,11 +344,12 @@ def candidate_sessions(users: DataFrame, cfg: GenerateConfig) -> DataFrame:
         .withColumns(
             {
                 "start_s": hour_s + F.floor(unit(cfg, "session.second", uk, h) * _HOUR_S).cast("long"),
-                "n_views": _n_views(cfg, unit(cfg, "session.views", uk, h)),
+                "engagement": 1.0 - cfg.churn_engagement_fade * (1.0 - decline),
                 "focus": draw_category(cfg, "session.focus", uk, h),
                 "checkout_delay": cfg.action_delay_max_s + 1 + F.floor(unit(cfg, "session.checkout", uk, h) * cfg.checkout_delay_max_s).cast("long"),
             }
         )
+        .withColumn("n_views", _n_views(cfg, unit(cfg, "session.views", uk, h), F.col("engagement")))
         .withColumn("_gaps", _gap_sums(cfg, uk, h))
         .withColumns({"offsets": F.col("_gaps.offsets"), "checkout_s": F.col("_gaps.total") + F.col("checkout_delay")})
         .withColumn("end_s", F.col("start_s") + F.col("checkout_s") + F.col("n_views") - 1)
@@ -345,12 +357,11 @@ def candidate_sessions(users: DataFrame, cfg: GenerateConfig) -> DataFrame:
     )
 
 
-def _n_views(cfg: GenerateConfig, u: Column) -> Column:
-    """Geometric on {1, 2, ...} with mean ``views_per_session``, capped at ``max_views_per_session``."""
-    if cfg.views_per_session <= 1.0:
-        return F.lit(1)
-    geometric = F.floor(F.log(u) / math.log(1.0 - 1.0 / cfg.views_per_session)).cast("int") + 1
-    return F.least(geometric, F.lit(cfg.max_views_per_session))
+def _n_views(cfg: GenerateConfig, u: Column, scale: Column | float = 1.0) -> Column:
+    """Geometric on {1, 2, ...} with mean ``views_per_session * scale`` (1 when that is <= 1), capped at ``max_views_per_session``."""
+    mean = F.lit(cfg.views_per_session) * scale
+    geometric = F.floor(F.log(u) / F.log(1.0 - 1.0 / mean)).cast("int") + 1
+    return F.when(mean <= 1.0, F.lit(1)).otherwise(F.least(geometric, F.lit(cfg.max_views_per_session)))
 
 
 def _gap_sums(cfg: GenerateConfig, uk: Column, h: Column) -> Column:
@@ -443,7 +454,7 @@ def view_events(views: DataFrame, cfg: GenerateConfig) -> DataFrame:
     def event(kind: str, at: Column, on: Column, session: Column = h) -> Column:
         return F.struct(F.lit(kind).alias("type"), at.alias("at"), on.alias("on"), session.alias("session"))
 
-    carted = unit(cfg, "view.cart", uk, h, j) < F.least(F.lit(1.0), cfg.cart_rate * F.col("buyer"))
+    carted = unit(cfg, "view.cart", uk, h, j) < F.least(F.lit(1.0), cfg.cart_rate * F.col("buyer") * F.col("engagement"))
     bought = carted & (unit(cfg, "view.purchase", uk, h, j) < cfg.purchase_rate)
     returned = carted & ~bought & F.col("next_start_s").isNotNull() & (unit(cfg, "view.return", uk, h, j) < cfg.return_rate)
     candidates = F.array(

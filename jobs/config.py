@@ -129,10 +129,11 @@ class GenerateConfig:
     purchase_rate: float = 0.35  # P(purchase | cart)
     return_rate: float = 0.6  # P(a cart not bought in its session is bought at the start of the user's next session)
     # churn
-    churn_rate: float = 0.2  # share of users who stop all activity at churn_time
+    churn_rate: float = 0.4  # share of users who stop all activity at churn_time
     churn_earliest: float = 0.25  # churn_time ~ uniform in [earliest, latest] x window
     churn_latest: float = 0.95
-    churn_decline_days: float = 7.0  # churners' session rate falls linearly to 0 over these days (0 = abrupt)
+    churn_decline_days: float = 14.0  # churners' session rate falls linearly to 0 over these days (0 = abrupt)
+    churn_engagement_fade: float = 0.8  # how much of the rate's fall churners' views per session and carts per view follow (0 = none)
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class TrainConfig:
     epochs: int = 8
     lr: float = 0.001
     weight_decay: float = 0.0
+    wide_lr_scale: float = 10.0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 1.0, "purchase": 1.0, "churn": 2.0})
     num_negatives: int = 0
     launcher: Literal["spark", "horovodrun", "local"] = "spark"

@@ -100,6 +100,7 @@ def run_train(tables: TableIO, cfg: Config, launcher: str | None = None, num_pro
             epochs=epochs or tc.epochs,
             lr=tc.lr,
             weight_decay=tc.weight_decay,
+            wide_lr_scale=tc.wide_lr_scale,
             loss_weights=dict(tc.loss_weights),
             num_negatives=tc.num_negatives,
             item_counts=item_counts(tables, schema["embedding_sizes"]["item"]) if tc.num_negatives > 0 else None,

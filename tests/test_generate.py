@@ -96,8 +96,8 @@ def test_columns_types_and_nulls(gen):
     assert [f.dataType for f in truth.schema] == [T.StringType(), T.BooleanType(), T.TimestampType(), T.StringType()]
     assert sorted(us["user_id"]) == sorted(f"u{i}" for i in range(cfg.users))
     assert (us["churn_time"].notna() == us["churned"]).all() and us["top_category"].str.match(r"^c\d+$").all()
-    # churn_rate 0.2 of 200 users: binomial sd 0.028, so +-0.085 is 3 sd.
-    assert us["churned"].mean() == pytest.approx(cfg.churn_rate, abs=0.085)
+    # churn_rate 0.4 of 200 users: binomial sd 0.035, so +-0.1 is about 3 sd.
+    assert us["churned"].mean() == pytest.approx(cfg.churn_rate, abs=0.1)
 
 
 def test_same_rows_on_any_partitioning_and_user_count(spark, gen):
@@ -205,27 +205,52 @@ def test_churned_users_stop_and_others_stay(gen):
     churned = last[last["churned"]]
     assert churned["last"].isna().sum() < len(churned)
     assert not (churned["last"] >= churned["churn_s"]).any()
-    # churn_time <= churn_latest of the window, so churners are silent for the last (1 - 0.75) * 14 days.
+    # churn_time <= churn_latest of the window, so churners are silent for its last (1 - churn_latest) share.
     assert not (churned["last"] >= start + cfg.churn_latest * (end - start)).any()
     # Non-churned: P(no session in a week) = E[exp(-5 a)] over the activity multiplier a, a few %
-    # (measured 156 of 161 active): >= 85% leaves room for a few more light users.
+    # (about 3% of some 120 non-churners here): >= 85% leaves room for a few more light users.
     stayed = last[~last["churned"]]
     assert (stayed["last"] >= end - 7 * 86400).mean() >= 0.85
 
 
-def test_churners_fade_before_churn(gen):
-    """The session rate falls linearly to 0 over churn_decline_days (7) before churn_time.
+@pytest.fixture(scope="module")
+def fading(spark):
+    """Every user churns (churn_rate 1) in a six-week window, so most have a full churn_decline_days before churn_time.
 
-    In the last 3.5 days the mean rate is 1/4 of normal, in the 3.5 days before 3/4: about 1/3 as many sessions
-    (measured 17 vs 59 for churners with a full week before churn_time; 0.6 is far from both 1/3 and 1).
+    Returns (cfg, one row per session: user, start ``t``, ``views``, ``carts``, ``days_before`` churn_time).
     """
-    cfg, _, _, us, ev = gen
+    cfg = small_cfg("generate.days=42", "generate.churn_rate=1.0")
+    users, events = build(spark, cfg)
+    ev, us = events.toPandas(), users.toPandas()
+    ev["t"] = (ev["event_time"] - pd.Timestamp(0)) // pd.Timedelta(seconds=1)
+    us["churn_s"] = (us["churn_time"] - pd.Timestamp(0)) // pd.Timedelta(seconds=1)
+    ev["view"], ev["cart"] = ev["event_type"] == "view", ev["event_type"] == "cart"
+    sessions = ev.groupby(["user_id", "session_hint"]).agg(t=("t", "min"), views=("view", "sum"), carts=("cart", "sum")).reset_index()
     start, _ = window_seconds(cfg)
-    late = us[us["churned"] & (us["churn_s"] >= start + 7 * 86400)]
-    starts = ev.groupby(["user_id", "session_hint"])["t"].min().reset_index().merge(late, on="user_id")
-    days_before = (starts["churn_s"] - starts["t"]) / 86400
-    last, before = (days_before < 3.5).sum(), ((days_before >= 3.5) & (days_before < 7)).sum()
-    assert before >= 30 and last < 0.6 * before
+    full = us[us["churn_s"] >= start + cfg.churn_decline_days * 86400]  # a whole decline inside the window
+    sessions = sessions.merge(full[["user_id", "churn_s"]], on="user_id")
+    sessions["days_before"] = (sessions["churn_s"] - sessions["t"]) / 86400
+    return cfg, sessions
+
+
+def test_churners_fade_before_churn(fading):
+    """Over the churn_decline_days (14) before churn_time the session rate falls linearly to 0 and sessions shrink.
+
+    Rate factor d = time left / 14 days: the last 7 days average d = 1/4, the 7 before 3/4, so about 1/3 as many
+    sessions. Engagement 1 - 0.8 (1 - d) scales views per session and carts per view; over sessions (which occur at
+    rate d) it averages 0.47 in the last 7 days, 0.82 in the 7 before and 1 earlier.
+    """
+    cfg, s = fading
+    assert cfg.churn_decline_days == 14 and cfg.churn_engagement_fade == 0.8
+    last, before, earlier = s[s["days_before"] < 7], s[s["days_before"].between(7, 14, inclusive="left")], s[s["days_before"] >= 14]
+    assert len(before) >= 100 and len(last) < 0.6 * len(before)
+    views = {k: g["views"].mean() for k, g in (("last", last), ("before", before), ("earlier", earlier))}
+    carts = {k: g["carts"].sum() / g["views"].sum() for k, g in (("last", last), ("before", before), ("earlier", earlier))}
+    # Views per session: geometric with mean 10 x engagement, so the ratios are the engagement ratios, 0.47 and 0.82.
+    assert views["last"] / views["earlier"] == pytest.approx(0.47, abs=0.12)
+    assert views["before"] / views["earlier"] == pytest.approx(0.82, abs=0.12)
+    # Carts per view fall with engagement too (a view-weighted mean of it, lower still than per session).
+    assert carts["last"] < 0.7 * carts["earlier"] and carts["before"] < carts["earlier"]
 
 
 # --------------------------------------------------------------------------- interests, popularity, rhythm

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.model import MultiTaskModel, ModelConfig, masked_bce, next_item_loss, next_targets
+from training.model import MultiTaskModel, ModelConfig, masked_bce, next_item_loss, next_targets, window_summary, window_summary_size
 
 
 SEQ = {"item_idx_seq": "item", "category_idx_seq": "category", "event_type_idx_seq": "event_type", "hour_seq": "hour", "price_seq": None}
@@ -64,6 +64,29 @@ def test_padding_is_masked_left_or_right(encoder):
         a, b = model(clean)["hidden"], model(dirty)["hidden"]
         assert torch.count_nonzero(a[pad]) == 0  # padding outputs are exactly zero
         torch.testing.assert_close(a[~pad], b[~pad])  # valid positions never see what padding holds
+
+
+def test_window_summary_exact_left_or_right_padding():
+    """Last and previous session lengths, the gap buckets before them, sessions started, event-type shares."""
+    seq = {**SEQ, "session_start_seq": "session_start", "dt_bucket_seq": "dt_bucket"}
+    sizes = {"item": 10, "category": 5, "event_type": 6, "hour": 25, "session_start": 2, "dt_bucket": 11}
+    cfg = ModelConfig(embedding_sizes=sizes, sequence_features=seq, max_len=6, n_event_types=6, dim=16, heads=2)
+    batch = {
+        # Left padded, the window opens mid-session; sessions start at positions 2 and 4.
+        # Right padded: one session of three events.
+        "item_idx_seq": torch.tensor([[0, 3, 4, 5, 6, 7], [3, 4, 5, 0, 0, 0]]),
+        "session_start_seq": torch.tensor([[0, 0, 1, 0, 1, 0], [1, 0, 0, 0, 0, 0]]),
+        "dt_bucket_seq": torch.tensor([[0, 3, 9, 4, 7, 2], [1, 5, 6, 0, 0, 0]]),
+        "event_type_idx_seq": torch.tensor([[0, 2, 2, 3, 2, 4], [2, 2, 2, 0, 0, 0]]),
+    }
+    log1p = lambda x: float(torch.log1p(torch.tensor(float(x))))  # noqa: E731
+    expected = torch.tensor([
+        [log1p(2), log1p(2), 0.7, 0.9, log1p(2), 0, 0, 3 / 5, 1 / 5, 1 / 5, 0],
+        [log1p(3), 0.0, 0.1, 0.0, log1p(1), 0, 0, 1, 0, 0, 0],
+    ])  # fmt: skip
+    assert window_summary_size(cfg) == 11
+    torch.testing.assert_close(window_summary(batch, cfg), expected)
+    assert window_summary_size(_model("gru").cfg) == 0  # a schema without the summary's inputs: heads as before
 
 
 def test_next_targets_shift_and_label_at_last_position():

@@ -33,6 +33,7 @@ class TrainParams:
     epochs: int = 5
     lr: float = 1e-3
     weight_decay: float = 0.0
+    wide_lr_scale: float = 10.0  # the wide (linear) parts' learning rate relative to lr
     loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5})
     num_negatives: int = 0  # 0: full softmax; > 0: sampled softmax with log-Q correction
     item_counts: list[int] | None = None  # item frequencies (index order) for the sampled softmax proposal
@@ -91,7 +92,13 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
 
     model = MultiTaskModel(ModelConfig.from_schema(params.schema, **params.model)).to(device)
     # Distributed only: the learning rate scales with the number of ranks (the global batch grows with it).
-    optimizer: Any = torch.optim.AdamW(model.parameters(), lr=params.lr * size, weight_decay=params.weight_decay)
+    # Wide & deep: the linear wide parts get their own, larger step (rare churn positives move them slowly).
+    wide = {id(p) for p in model.wide_parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in wide]},
+        {"params": [p for p in model.parameters() if id(p) in wide], "lr": params.lr * size * params.wide_lr_scale},
+    ]
+    optimizer: Any = torch.optim.AdamW(groups, lr=params.lr * size, weight_decay=params.weight_decay)
     start_epoch, best, history, bad_epochs = 0, -math.inf, [], 0
     ckpt = _latest_checkpoint(params.checkpoint_dir) if params.resume else None
     if ckpt and rank == 0:

@@ -17,9 +17,11 @@ Heads:
   the cutoff's user state, the last valid position's state joined with the
   user-profile features as of the cutoff
   (numeric profiles as ``sign(x) * log1p(|x|)`` standardised with the train
-  split's statistics from the schema artifact, projected, plus a linear "wide"
-  path for purchase and churn; the top category through the shared category
-  embedding). Next event type is trained on the cutoff's label only: the
+  split's statistics from the schema artifact, projected; the top category
+  through the shared category embedding) and a summary of the window's recent
+  sessions (:func:`window_summary`: lengths, gaps, event-type mix), plus a
+  linear "wide" path over the profiles and that summary for purchase and churn,
+  trained with a larger learning rate (``train.wide_lr_scale``). Next event type is trained on the cutoff's label only: the
   question is asked after a session or a day, and a head trained between two
   events of a session would mostly learn within-session steps (and cannot tell
   whether the session has ended).
@@ -124,7 +126,8 @@ class MultiTaskModel(nn.Module):
         std = [max(float(scale.get(c, {}).get("std", 1.0)), 1e-6) for c in self.profile_numeric]
         self.register_buffer("profile_mean", torch.tensor(mean), persistent=False)
         self.register_buffer("profile_std", torch.tensor(std), persistent=False)
-        user_dim = cfg.dim * (1 + (self.profile_proj is not None) + len(self.profile_embedded))
+        self.n_summary = window_summary_size(cfg)
+        user_dim = cfg.dim * (1 + (self.profile_proj is not None) + len(self.profile_embedded)) + self.n_summary
         # Next action is asked at the cutoff (after a session, a day), not between two events of a
         # session: a head over the cutoff's user state, trained on the cutoff's label only.
         self.action_head = _mlp(user_dim, cfg.dim, cfg.n_event_types)
@@ -132,9 +135,13 @@ class MultiTaskModel(nn.Module):
         self.churn_head = _mlp(user_dim, cfg.dim)
         # Wide part (wide & deep): a direct linear path from the profiles, so the
         # heads contain logistic regression on them as a special case.
-        n_wide = len(self.profile_numeric)
+        n_wide = len(self.profile_numeric) + self.n_summary
         self.purchase_wide = nn.Linear(n_wide, 1) if n_wide else None
         self.churn_wide = nn.Linear(n_wide, 1) if n_wide else None
+
+    def wide_parameters(self) -> list[nn.Parameter]:
+        """The wide parts' parameters (their own learning rate: ``train.wide_lr_scale``)."""
+        return [p for m in (self.purchase_wide, self.churn_wide) if m is not None for p in m.parameters()]
 
     def profile_vector(self, batch: dict[str, Tensor]) -> Tensor | None:
         """``[B, P]`` numeric profiles as ``sign(x) * log1p(|x|)``, standardised with the train split's statistics (None without profiles)."""
@@ -143,9 +150,9 @@ class MultiTaskModel(nn.Module):
         x = torch.stack([batch[c].float() for c in self.profile_numeric], dim=-1)
         return (torch.sign(x) * torch.log1p(x.abs()) - self.profile_mean) / self.profile_std
 
-    def user_state(self, batch: dict[str, Tensor], h_last: Tensor, profile: Tensor | None) -> Tensor:
-        """``[B, user_dim]``: the last position's state joined with the profile features."""
-        parts = [h_last]
+    def user_state(self, batch: dict[str, Tensor], h_last: Tensor, profile: Tensor | None, summary: Tensor | None) -> Tensor:
+        """``[B, user_dim]``: the last position's state joined with the profile features and the window summary."""
+        parts = [h_last] if summary is None else [h_last, summary]
         if self.profile_proj is not None and profile is not None:
             parts.append(torch.relu(self.profile_proj(profile)))
         for col, emb in self.profile_embedded.items():
@@ -153,27 +160,72 @@ class MultiTaskModel(nn.Module):
             parts.append(self.encoder.tables[emb](batch[col].long().clamp(0, size - 1)))
         return torch.cat(parts, dim=-1)
 
-    def _head(self, deep: nn.Module, wide: nn.Module | None, user: Tensor, profile: Tensor | None) -> Tensor:
+    def _head(self, deep: nn.Module, wide: nn.Module | None, user: Tensor, wide_in: Tensor | None) -> Tensor:
         logit = deep(user).squeeze(-1)
-        return logit if wide is None or profile is None else logit + wide(profile).squeeze(-1)
+        return logit if wide is None or wide_in is None else logit + wide(wide_in).squeeze(-1)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         h = self.encoder(batch)  # [B, L, d]
         last = last_valid_index(batch[ITEM_FEATURE])
         h_last = h[torch.arange(h.shape[0], device=h.device), last]  # [B, d]
         profile = self.profile_vector(batch)
-        user = self.user_state(batch, h_last, profile)
+        summary = window_summary(batch, self.cfg) if self.n_summary else None
+        user = self.user_state(batch, h_last, profile, summary)
+        parts = [x for x in (profile, summary) if x is not None]
+        wide_in = torch.cat(parts, dim=-1) if parts else None
         return {
             "hidden": h,
             "hidden_last": h_last,
             "action_logits": self.action_head(user),
-            "purchase_logit": self._head(self.purchase_head, self.purchase_wide, user, profile),
-            "churn_logit": self._head(self.churn_head, self.churn_wide, user, profile),
+            "purchase_logit": self._head(self.purchase_head, self.purchase_wide, user, wide_in),
+            "churn_logit": self._head(self.churn_head, self.churn_wide, user, wide_in),
         }
 
     def item_scores(self, hidden: Tensor) -> Tensor:
         """Scores of every item for hidden states ``[..., d]`` (full catalogue, tied weights)."""
         return hidden @ self.encoder.item_table.weight.T
+
+
+SUMMARY_FEATURES = ("session_start_seq", "dt_bucket_seq", "event_type_idx_seq")  # what window_summary reads
+
+
+def window_summary_size(cfg: ModelConfig) -> int:
+    """Width of :func:`window_summary`: 5 + the number of event types (0 when the schema lacks its inputs)."""
+    return 5 + cfg.n_event_types if all(c in cfg.sequence_features for c in SUMMARY_FEATURES) else 0
+
+
+def window_summary(batch: dict[str, Tensor], cfg: ModelConfig) -> Tensor:
+    """``[B, 5 + n_event_types]``: how the window's recent sessions went, as plain numbers.
+
+    ``log1p`` of the last and the previous session's length in events, the
+    time-gap buckets before their first events (over the number of buckets),
+    ``log1p`` of the sessions started in the window, and each event type's
+    share of the window's events. A fading user's sessions get shorter and
+    further apart and buy less: recent trends that lifetime profiles average
+    away and that a small head learns slowly from the last state alone, so the
+    churn and purchase heads (deep and wide) get them directly.
+    """
+    item = batch[ITEM_FEATURE]
+    valid = item != 0
+    pos = torch.arange(item.shape[1], device=item.device).expand_as(item)
+    start = (batch["session_start_seq"] == 1) & valid
+    none = torch.full_like(pos, -1)
+    last_start = torch.where(start, pos, none).amax(1)  # -1: the window starts mid-session
+    prev_start = torch.where(start & (pos < last_start.unsqueeze(1)), pos, none).amax(1)
+    end = last_valid_index(item)
+    first = torch.where(valid, pos, torch.full_like(pos, item.shape[1])).amin(1)
+    last_len = end - torch.where(last_start >= 0, last_start, first) + 1
+    prev_len = torch.where(prev_start >= 0, last_start - prev_start, torch.zeros_like(last_start))
+    dt = batch["dt_bucket_seq"].float() / max(cfg.embedding_sizes.get("dt_bucket", 1) - 1, 1)
+
+    def gap_at(i: Tensor) -> Tensor:
+        return torch.where(i >= 0, dt.gather(1, i.clamp(min=0).unsqueeze(1)).squeeze(1), torch.zeros_like(i, dtype=dt.dtype))
+
+    n = valid.sum(1).clamp(min=1).float()
+    types = F.one_hot(batch["event_type_idx_seq"].long().clamp(0, cfg.n_event_types - 1), cfg.n_event_types).float()
+    share = (types * valid.unsqueeze(-1)).sum(1) / n.unsqueeze(1)
+    counts = torch.stack([last_len, prev_len, start.sum(1)], 1).clamp(min=0).float()
+    return torch.cat([torch.log1p(counts[:, :2]), gap_at(last_start).unsqueeze(1), gap_at(prev_start).unsqueeze(1), torch.log1p(counts[:, 2:]), share], 1)
 
 
 def _mlp(inp: int, hidden: int, out: int = 1) -> nn.Module:
