@@ -199,9 +199,10 @@ class TrainConfig:
     dropout: float = 0.1
     batch_size: int = 256
     epochs: int = 8
-    lr: float = 0.001
+    lr: float = 0.002
     weight_decay: float = 0.0
     wide_lr_scale: float = 10.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 1.0, "purchase": 1.0, "churn": 2.0})
     num_negatives: int = 0
     launcher: Literal["spark", "horovodrun", "local"] = "spark"

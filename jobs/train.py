@@ -101,6 +101,7 @@ def run_train(tables: TableIO, cfg: Config, launcher: str | None = None, num_pro
             lr=tc.lr,
             weight_decay=tc.weight_decay,
             wide_lr_scale=tc.wide_lr_scale,
+            lr_schedule=tc.lr_schedule,
             loss_weights=dict(tc.loss_weights),
             num_negatives=tc.num_negatives,
             item_counts=item_counts(tables, schema["embedding_sizes"]["item"]) if tc.num_negatives > 0 else None,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from training.launch import launch
-from training.loop import TrainParams, train_fn
+from training.loop import TrainParams, lr_factor, train_fn
 
 L, N_ITEMS = 8, 24
 SEQ_COLS = {"item_idx_seq": "item", "category_idx_seq": "category", "event_type_idx_seq": "event_type", "price_seq": None}
@@ -77,13 +79,22 @@ def test_single_process_learns_and_checkpoints(gold, tmp_path):
 
 
 def test_resume_reproduces_next_epoch_loss(gold, tmp_path):
-    full = train_fn(_params(gold, tmp_path / "a"))
-    train_fn(_params(gold, tmp_path / "b", epochs=2))  # "interrupted" after epoch 1
-    resumed = train_fn(_params(gold, tmp_path / "b", epochs=3))
+    full = train_fn(_params(gold, tmp_path / "a", lr_schedule="cosine"))
+    # "Interrupted" after epoch 1: a run whose last checkpoint is epoch 1's, same config (same cosine curve).
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "epoch-0001.pt", tmp_path / "b" / "last.pt")
+    resumed = train_fn(_params(gold, tmp_path / "b", lr_schedule="cosine"))
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
-    # Same seed, same data order per epoch, same state: the resumed epoch 2 matches to float tolerance.
+    # Same seed, same data order per epoch, same state, the learning rate from the global step: epoch 2 matches.
     assert resumed["history"][2]["train_loss"] == pytest.approx(full["history"][2]["train_loss"], rel=1e-5, abs=1e-6)
     assert resumed["weights_digest"] == pytest.approx(full["weights_digest"], rel=1e-6)
+
+
+def test_lr_factor_cosine_and_constant():
+    assert [lr_factor("cosine", s, 4) for s in (0, 1, 2, 3, 4, 9)] == pytest.approx([1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2, 0.0, 0.0])
+    assert [lr_factor("constant", s, 4) for s in (0, 4)] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        lr_factor("linear", 0, 4)
 
 
 @pytest.mark.horovod

@@ -34,6 +34,7 @@ class TrainParams:
     lr: float = 1e-3
     weight_decay: float = 0.0
     wide_lr_scale: float = 10.0  # the wide (linear) parts' learning rate relative to lr
+    lr_schedule: str = "cosine"  # "cosine": per step from the peak (lr) down to 0 at the last epoch's end | "constant"
     loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5})
     num_negatives: int = 0  # 0: full softmax; > 0: sampled softmax with log-Q correction
     item_counts: list[int] | None = None  # item frequencies (index order) for the sampled softmax proposal
@@ -50,6 +51,24 @@ class TrainParams:
     mlflow_tracking_uri: str | None = None  # rank 0 logs per-epoch metrics into mlflow_run_id
     mlflow_run_id: str | None = None
     log_level: str = "INFO"  # rank 0's progress lines (app.log_level); other ranks log warnings only
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate at global ``step`` over its peak: 1 (constant) or a cosine from 1 down to 0 at ``total_steps``.
+
+    A function of the step alone, so a resumed run continues the same curve.
+    """
+    if schedule == "constant" or total_steps <= 0:
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    raise ValueError(f"unknown lr_schedule {schedule!r}: use constant or cosine")
+
+
+def set_learning_rates(optimizer: Any, peaks: list[float], factor: float) -> None:
+    """Each parameter group's learning rate = its peak x ``factor``."""
+    for group, peak in zip(optimizer.param_groups, peaks):
+        group["lr"] = peak * factor
 
 
 def _configure_rank_logging(rank: int, level: str) -> None:
@@ -99,6 +118,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
         {"params": [p for p in model.parameters() if id(p) in wide], "lr": params.lr * size * params.wide_lr_scale},
     ]
     optimizer: Any = torch.optim.AdamW(groups, lr=params.lr * size, weight_decay=params.weight_decay)
+    peak_lrs = [g["lr"] for g in optimizer.param_groups]
     start_epoch, best, history, bad_epochs = 0, -math.inf, [], 0
     ckpt = _latest_checkpoint(params.checkpoint_dir) if params.resume else None
     if ckpt and rank == 0:
@@ -156,7 +176,8 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
         model.train()
         torch.manual_seed(params.seed * 1000 + epoch)  # dropout and sampling: reproducible per epoch, so resume matches
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros(5)
-        for batch in epoch_batches(epoch):
+        for i, batch in enumerate(epoch_batches(epoch)):
+            set_learning_rates(optimizer, peak_lrs, lr_factor(params.lr_schedule, epoch * steps + i, params.epochs * steps))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             parts = losses(batch)
             optimizer.zero_grad()
