@@ -18,6 +18,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make test   set up .venv (first time a few minutes: the Horovod build, then cached) and run the test suite"
 	@echo "make run    set up .venv and run the whole pipeline locally (shopseq run)"
+	@echo "make peer-recbole  RecBole's own venv outside the repo, for shopseq bench quality --peer recbole"
 
 setup: $(STAMP)
 
@@ -67,3 +68,28 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache spark-warehouse shopseq-data
+
+# RecBole (SASRec, GRU4Rec) as the peer of `shopseq bench quality --peer recbole`. recbole 1.2.1 needs
+# numpy < 2 and older packages, so it lives in its own venv outside the repo (reused like the Horovod
+# wheel cache), never in $(VENV). Not a prerequisite of `make test`: tests/test_peer_recbole.py skips
+# without it. The stamp holds a hash of the interpreter and the pins, so a re-run with both unchanged
+# does nothing. recbole goes in with --no-deps (see peers/recbole-constraints.txt for why).
+# Same default and override as `shopseq bench quality` (SHOPSEQ_RECBOLE_VENV).
+RECBOLE_VENV ?= $(or $(SHOPSEQ_RECBOLE_VENV),$(HOME)/.cache/shopseq/recbole-venv)
+RECBOLE_PINS := peers/recbole-constraints.txt
+RECBOLE_PIP := $(RECBOLE_VENV)/bin/python -m pip --disable-pip-version-check
+
+.PHONY: peer-recbole
+peer-recbole:
+	@set -euo pipefail; stamp=$(RECBOLE_VENV)/.shopseq-recbole; \
+	want=$$({ $(PYTHON) --version; cat $(RECBOLE_PINS); } | sha256sum | cut -d' ' -f1); \
+	if [ -x $(RECBOLE_VENV)/bin/python ] && [ "$$(cat $$stamp 2>/dev/null)" = "$$want" ]; then \
+	  echo "== peer-recbole: $(RECBOLE_VENV) is up to date"; exit 0; fi; \
+	echo "== peer-recbole: $(RECBOLE_VENV) (first time a few minutes: torch and its CUDA wheels)"; \
+	rm -f $$stamp; test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV); \
+	$(RECBOLE_PIP) install -q --upgrade "pip>=24" "setuptools>=77" wheel; \
+	$(RECBOLE_PIP) install -q -c $(RECBOLE_PINS) torch numpy pandas scipy scikit-learn pyyaml tqdm \
+	  colorlog colorama texttable tensorboard; \
+	$(RECBOLE_PIP) install -q --no-deps -c $(RECBOLE_PINS) recbole; \
+	$(RECBOLE_VENV)/bin/python -c "import recbole, torch, numpy, pandas, recbole.trainer, recbole.model.sequential_recommender as s; s.SASRec, s.GRU4Rec; print('recbole', recbole.__version__, '| torch', torch.__version__, '| numpy', numpy.__version__, '| pandas', pandas.__version__)"; \
+	echo "$$want" > $$stamp

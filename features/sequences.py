@@ -25,6 +25,15 @@ Definitions (the contract tests/test_features.py pins down):
     strictly before that midnight. Days without events give no example (the
     sequence would repeat the previous day's).
 
+  ``features.collapse_ties: false`` (the leave-one-out and session protocols,
+  where every event is a target, as in RecBole and GRU4Rec) drops the tie rule:
+  every chosen event is its own anchor, ties keep the total order above, and
+  "before / after the cutoff" means before / after the anchor *in that order*
+  (features up to and including the anchor; labels from the events after it,
+  which may share its timestamp, so ``next_event_time`` can equal
+  ``cutoff_time``). ``example_id`` then also hashes the anchor's position, and
+  the leave-last-out split orders a user's examples by position.
+
 * **Arrays.** The last ``L = features.max_len`` feature events, as fixed-length
   arrays (exactly ``L`` long), **left-padded**: the most recent event is at
   index ``L - 1``, padding (value 0) at the front; ``seq_len`` = number of
@@ -62,7 +71,7 @@ from pyspark.sql import functions as F
 
 from features.labels import LABEL_COLUMNS, add_labels
 from features.profiles import PROFILE_COLUMNS, PROFILE_DTYPES, add_profiles
-from features.splits import SplitBounds, assign_split, train_range
+from features.splits import ENTITY_START, SplitBounds, add_split_keys, assign_split, train_range
 from features.vocab import PAD_INDEX, apply_vocab
 from jobs.config import FeaturesConfig
 
@@ -149,12 +158,15 @@ def mark_cutoffs(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
         candidate = F.pmod(F.col("user_pos") + F.lit(1), F.lit(cfg.stride)) == F.lit(0)
     else:  # daily
         candidate = nxt_us.isNull() | (F.floor(nxt_us / F.lit(US_PER_DAY)) != F.col("_day"))
+    cutoff_time = F.when(F.col("is_cutoff"), F.timestamp_micros(anchor_cutoff_us(cfg))).alias("cutoff_time")
+    if not cfg.collapse_ties:  # every chosen event is an anchor; ties stay in position order
+        return events.withColumn("is_cutoff", candidate).select(*events.columns, "is_cutoff", cutoff_time)
     same_time = Window.partitionBy("user_id").orderBy("event_time").rangeBetween(Window.currentRow, Window.currentRow)
     last_at_time = nxt_us.isNull() | (nxt_us > F.col("_us"))
     return (
         events.withColumn("_cand", candidate.cast("int"))
         .withColumn("is_cutoff", (F.max("_cand").over(same_time) == F.lit(1)) & last_at_time)
-        .select(*events.columns, "is_cutoff", F.when(F.col("is_cutoff"), F.timestamp_micros(anchor_cutoff_us(cfg))).alias("cutoff_time"))
+        .select(*events.columns, "is_cutoff", cutoff_time)
     )
 
 
@@ -229,16 +241,20 @@ def _field(name: str) -> Any:
     return lambda x: x[name]
 
 
-def examples_at_cutoffs(events: DataFrame) -> DataFrame:
+def examples_at_cutoffs(events: DataFrame, by_position: bool = False) -> DataFrame:
     """Keep the cutoff rows as examples, with a deterministic ``example_id``.
 
-    Needs: is_cutoff, user_id, cutoff_time and the example columns.
-    Returns: :data:`EXAMPLE_COLUMNS` without ``split`` (plus ``event_time_seq`` when present).
+    ``example_id = xxhash64(user_id, cutoff_time)``; with ``by_position``
+    (``collapse_ties: false``, where tied anchors share a cutoff time) also the
+    anchor's ``user_pos``.
+    Needs: is_cutoff, user_id, cutoff_time (user_pos with ``by_position``) and the example columns.
+    Returns: :data:`EXAMPLE_COLUMNS` without ``split`` (plus ``event_time_seq`` and
+    :data:`features.splits.ENTITY_START` when present).
     """
     keep = [c for c in EXAMPLE_COLUMNS if c not in ("example_id", "split")]
-    if DEBUG_TIMES in events.columns:
-        keep.append(DEBUG_TIMES)
-    return events.where(F.col("is_cutoff")).select(F.xxhash64("user_id", "cutoff_time").alias("example_id"), *keep)
+    keep += [c for c in (DEBUG_TIMES, ENTITY_START) if c in events.columns]
+    key = ["user_id", "cutoff_time", "user_pos"] if by_position else ["user_id", "cutoff_time"]
+    return events.where(F.col("is_cutoff")).select(F.xxhash64(*key).alias("example_id"), *keep)
 
 
 def train_events(events: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) -> DataFrame:
@@ -248,7 +264,7 @@ def train_events(events: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) ->
     """
     if cfg.split == "leave_last_out":  # needs each user's cutoffs; temporal needs only event_time
         events = events.transform(order_events).transform(mark_cutoffs, cfg)
-    return events.transform(train_range, cfg, bounds)
+    return events.transform(add_split_keys, cfg).transform(train_range, cfg, bounds)
 
 
 def build_examples(
@@ -270,13 +286,14 @@ def build_examples(
     examples = (
         events.transform(apply_vocab, vocab)
         .transform(order_events)
+        .transform(add_split_keys, cfg)
         .transform(mark_cutoffs, cfg)
         .transform(add_event_features, cfg, price_mean or 0.0, price_std or 1.0)
         .transform(add_profiles)
         .transform(add_labels, cfg, bounds.data_end_us)
         # Arrays last: the cutoff filter then moves below their projections (sort, pad), which run on cutoff rows only.
         .transform(add_sequence_arrays, cfg, with_times)
-        .transform(examples_at_cutoffs)
+        .transform(examples_at_cutoffs, not cfg.collapse_ties)
         .transform(assign_split, cfg, bounds)
     )
     return examples.select(*EXAMPLE_COLUMNS, *([DEBUG_TIMES] if with_times else []))

@@ -28,7 +28,24 @@ one); the user's final cutoff, which has no next event, goes to test with its
 labels masked. No gap: neighbouring examples of a
 user overlap by construction, which is the protocol. The train range is, per
 user, the events up to and including the anchor of the user's last train
-example (the third-to-last cutoff that has a next event).
+example (the third-to-last cutoff that has a next event). With
+``collapse_ties: false`` tied cutoffs are ordered by position (``frequency``,
+the number of feature events), so each event is its own example.
+
+``features.split: last_days`` (the temporal session protocol of the GRU4Rec
+comparisons): each entity (a session under ``features.entity: session``)
+belongs wholly to the split of its first event. With ``end`` the data's last
+event time, ``b2 = end - test_days`` and ``b1 = b2 - val_days`` (days, as
+microseconds)::
+
+    train:  first event <= b1
+    val:    b1 < first event <= b2
+    test:   b2 < first event
+
+No gap and no label masking: an entity's examples see only its own events,
+and a train entity that runs past ``b1`` stays train. The train range is
+every event of the train entities. ``train_end``, ``val_end`` and the
+fractions play no part.
 """
 
 from __future__ import annotations
@@ -44,6 +61,7 @@ from features.labels import horizon_us
 from jobs.config import ConfigError, FeaturesConfig
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+ENTITY_START = "_entity_start_us"  # last_days: helper column, each entity's first event time (epoch microseconds)
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,9 @@ class SplitBounds:
         out["gap_days"] = self.gap_us / 86_400e6
         if method == "leave_last_out":  # the boundaries play no part there
             return {"method": method, "data_start": out["data_start"], "data_end": out["data_end"]}
+        if method == "last_days":  # no gap; the periods in days
+            days = {"test_days": (self.data_end_us - self.val_end_us) / 86_400e6, "val_days": (self.val_end_us - self.train_end_us) / 86_400e6}
+            return {"method": method, **{k: v for k, v in out.items() if k != "gap_days"}, **days}
         return {"method": method, **out}
 
 
@@ -87,6 +108,9 @@ def split_bounds(data_start_us: int, data_end_us: int, cfg: FeaturesConfig) -> S
         raise ConfigError(f"features.gap_days: {cfg.gap_days} is shorter than the longest label horizon; label windows would cross a split boundary")
     if not (0.0 <= cfg.train_fraction and 0.0 <= cfg.val_fraction and cfg.train_fraction + cfg.val_fraction <= 1.0):
         raise ConfigError("features.train_fraction, features.val_fraction: must be >= 0 with a sum <= 1")
+    if cfg.split == "last_days":
+        val_end = data_end_us - horizon_us(cfg.test_days)
+        return SplitBounds(data_start_us, data_end_us, val_end - horizon_us(cfg.val_days), val_end, 0)
     span = data_end_us - data_start_us
     train_end = _parse_utc("train_end", cfg.train_end) if cfg.train_end else data_start_us + int(round(cfg.train_fraction * span))
     val_end = _parse_utc("val_end", cfg.val_end) if cfg.val_end else data_start_us + int(round((cfg.train_fraction + cfg.val_fraction) * span))
@@ -99,10 +123,13 @@ def train_range(events: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) -> 
     """The events of the train range (see the module docstring): what vocabularies and price stats are fit on.
 
     Needs: event_time; for ``leave_last_out`` also user_id, user_pos, is_cutoff
-    (:func:`features.sequences.mark_cutoffs`). Returns the same columns, fewer rows.
+    (:func:`features.sequences.mark_cutoffs`); for ``last_days``
+    :data:`ENTITY_START` (:func:`add_split_keys`; dropped here). Returns the same columns, fewer rows.
     """
     if cfg.split == "temporal":
         return events.where(F.unix_micros("event_time") <= F.lit(bounds.train_end_us))
+    if cfg.split == "last_days":
+        return events.where(F.col(ENTITY_START) <= F.lit(bounds.train_end_us)).drop(ENTITY_START)
     # Cutoffs with a next event (not at the user's last event) at or after each event,
     # counted in a reversed growing frame (O(n) per user; one sort serves both windows).
     newest_first = Window.partitionBy("user_id").orderBy(F.col("user_pos").desc())
@@ -140,24 +167,52 @@ def temporal_split(examples: DataFrame, bounds: SplitBounds) -> DataFrame:
     )
 
 
-def leave_last_out_split(examples: DataFrame) -> DataFrame:
+def leave_last_out_split(examples: DataFrame, by_position: bool = False) -> DataFrame:
     """Per user, among the examples that have a next event: the last is test, the one before val, the rest train.
 
     The held-out example is the user's last observed interaction as the
     target (SASRec / BERT4Rec). A user's final cutoff has no next event (its
     labels are censored or empty, masked 0); it is kept in test, where every
     metric ignores it, rather than displacing the real held-out example.
-    Needs: user_id, cutoff_time, next_event_time. Adds: split.
+    ``by_position`` (``collapse_ties: false``): examples with the same
+    cutoff time are ordered by ``frequency`` (feature events, i.e. position).
+    Needs: user_id, cutoff_time, next_event_time (frequency with ``by_position``). Adds: split.
     """
     has_next = F.col("next_event_time").isNotNull()
-    newest_first = Window.partitionBy("user_id", has_next).orderBy(F.col("cutoff_time").desc())
+    order = [F.col("cutoff_time").desc()] + ([F.col("frequency").desc()] if by_position else [])
+    newest_first = Window.partitionBy("user_id", has_next).orderBy(*order)
     rank = F.row_number().over(newest_first)
     split = F.when(~has_next | (rank == 1), F.lit("test")).when(rank == 2, F.lit("val")).otherwise(F.lit("train"))
     return examples.withColumn("split", split)
 
 
+def add_entity_start(events: DataFrame) -> DataFrame:
+    """Needs: user_id, event_time. Adds: :data:`ENTITY_START` (the entity's first event time, epoch microseconds)."""
+    return events.withColumn(ENTITY_START, F.min(F.unix_micros("event_time")).over(Window.partitionBy("user_id")))
+
+
+def add_split_keys(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
+    """What :func:`assign_split` and :func:`train_range` need beyond the example columns: :data:`ENTITY_START` for ``last_days``.
+
+    Needs: user_id, event_time. Adds: ENTITY_START for ``last_days``; nothing for the other splits.
+    """
+    return events.transform(add_entity_start) if cfg.split == "last_days" else events
+
+
+def last_days_split(examples: DataFrame, bounds: SplitBounds) -> DataFrame:
+    """Each example takes the split of its entity's first event (see the module docstring).
+
+    Needs: :data:`ENTITY_START`. Adds: split; drops ENTITY_START.
+    """
+    start = F.col(ENTITY_START)
+    split = F.when(start > F.lit(bounds.val_end_us), F.lit("test")).when(start > F.lit(bounds.train_end_us), F.lit("val")).otherwise(F.lit("train"))
+    return examples.withColumn("split", split).drop(ENTITY_START)
+
+
 def assign_split(examples: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) -> DataFrame:
-    """The split ``cfg.split`` names. Needs: see :func:`temporal_split` / :func:`leave_last_out_split`. Adds: split."""
+    """The split ``cfg.split`` names. Needs: see :func:`temporal_split` / :func:`leave_last_out_split` / :func:`last_days_split`. Adds: split."""
     if cfg.split == "temporal":
         return temporal_split(examples, bounds)
-    return leave_last_out_split(examples)
+    if cfg.split == "last_days":
+        return last_days_split(examples, bounds)
+    return leave_last_out_split(examples, by_position=not cfg.collapse_ties)

@@ -59,7 +59,12 @@ log = logging.getLogger(__name__)
 
 def build_parser():
     parser = stage_parser("bench", "Benchmarks reported as ratios against a reference engine in the same run.")
-    parser.add_argument("name", choices=["sessionize", "train", "features", "predict"], help="which benchmark ('sessionize'; 'train' runs jobs.bench_train; 'features' runs jobs.bench_features; 'predict' runs jobs.bench_predict)")
+    parser.add_argument(
+        "name",
+        choices=["sessionize", "train", "features", "predict", "quality"],
+        help="which benchmark ('sessionize'; 'train' runs jobs.bench_train; 'features' runs jobs.bench_features; 'predict' runs jobs.bench_predict; "
+        "'quality' runs jobs.bench_quality: model vs baselines on the real samples, per protocol)",
+    )
     parser.add_argument(
         "--events",
         default=None,
@@ -70,6 +75,11 @@ def build_parser():
     parser.add_argument("--rows", type=int, default=None, help="predict: windows to score (every user's latest window, replicated; default 100000)")
     parser.add_argument("--no-ingest", dest="ingest", action="store_false", help="skip the Spark ingest + sessionize timing")
     parser.add_argument("--repeat", type=int, default=1, help="runs per engine (features: per timed step) and size, alternating; the fastest is reported (default 1)")
+    parser.add_argument("--data-dir", default=None, help="quality: folder with the real samples (default ../shared/data beside the repo)")
+    parser.add_argument("--samples", default=None, help="quality: comma-separated samples (default taobao,rees46,diginetica)")
+    parser.add_argument("--protocols", default=None, help="quality: comma-separated protocol presets from conf/protocols (default recbole_loo,session,cutoff)")
+    parser.add_argument("--peer", default=None, choices=["recbole"], help="quality: also run RecBole's SASRec and GRU4Rec on the recbole_loo split (needs `make peer-recbole`)")
+    parser.add_argument("--docs", default=None, metavar="DIR", help="quality: also write the Markdown page and plot into DIR (e.g. docs/benchmarks)")
     return parser
 
 
@@ -554,6 +564,10 @@ def _run_train(ctx: Context) -> int:
 def _run(ctx: Context) -> int:
     if ctx.args.name == "train":
         return _run_train(ctx)
+    if ctx.args.name == "quality":
+        from jobs.bench_quality import _run as run_quality  # model quality on the real samples (issue #14)
+
+        return run_quality(ctx)
     if ctx.args.repeat < 1:
         raise InputError(f"--repeat: expected a positive count, got {ctx.args.repeat}")
     if ctx.args.name == "predict":

@@ -18,8 +18,19 @@ embeddings from: ``columns`` (name, dtype, shape, role, embedding),
 ``embedding_sizes``, ``vocab_sizes``, ``max_len``, ``padding``,
 ``special_indexes``, ``ignore_label``, ``cutoff``, ``horizons_days``,
 ``split`` (method and boundaries), ``price_stats``, ``inputs`` (silver and
-vocab table versions, vocab_version), ``stats`` per split and, in the JSON
-file only, ``tables`` (name, location, Delta version, rows, files per split).
+vocab table versions, vocab_version), ``stats`` per split, ``protocol``
+(``features.protocol``, the preset's name), ``entity``, ``filter`` (the
+iterative k-core: thresholds, rounds, and users, items, events before and
+after) and, in the JSON file only, ``tables`` (name, location, Delta version,
+rows, files per split).
+
+Protocols (``--protocol NAME`` applies ``conf/protocols/NAME.yaml`` between
+the dataset layer and ``--set``): before the vocabulary is fit, the events are
+turned into the protocol's entities (:func:`features.protocols.as_entity`)
+and, when a threshold is above 1, filtered by :func:`features.protocols.kcore_round`
+round after round until a round removes nothing; each round is materialised
+with ``localCheckpoint`` so the plan stays one round deep, and its removals
+are logged.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from pyspark.sql import functions as F
 
 from features.labels import label_stats
 from features.profiles import NUMERIC_PROFILES, profile_scale_stats
+from features.protocols import as_entity, data_counts, kcore_active, kcore_round
 from features.sequences import (
     HOURS,
     IGNORE_LABEL,
@@ -51,8 +63,8 @@ from features.sequences import (
 )
 from features.splits import SPLITS, SplitBounds, split_bounds
 from features.vocab import OOV_INDEX, PAD_INDEX, fit_vocab, vocab_sizes, with_vocab_version
-from jobs.common import Context, InputError, run_stage, stage_parser
-from jobs.config import Config, to_dict
+from jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
+from jobs.config import Config, FeaturesConfig, to_dict
 from jobs.tables import TableError, TableIO
 
 log = logging.getLogger(__name__)
@@ -68,6 +80,7 @@ def build_parser():
     parser.add_argument(
         "--sample-fraction", type=float, default=None, metavar="F", help="quick mode: keep a deterministic fraction F of users (whole histories)"
     )
+    add_protocol_flag(parser)
     return parser
 
 
@@ -105,6 +118,47 @@ def _write_vocab(tables: TableIO, vocab: DataFrame, lineage: dict[str, Any]) -> 
     return version, True
 
 
+def _counts(events: DataFrame) -> dict[str, int]:
+    row = events.transform(data_counts).head()
+    return {k: int(row[k]) for k in ("users", "items", "events")}
+
+
+def filter_events(events: DataFrame, fc: FeaturesConfig) -> tuple[DataFrame, dict[str, Any]]:
+    """The iterative k-core filter of ``fc`` (see :mod:`features.protocols`); returns the events and the filter record.
+
+    Runs :func:`features.protocols.kcore_round` until a round removes nothing
+    (that last round is counted in ``rounds``, as RecBole's loop does).
+    Each round's output is materialised with ``localCheckpoint`` (the plan of
+    round n would otherwise repeat rounds 1..n). The record: ``min_user_events``,
+    ``min_item_events``, ``entity``, ``rounds``, ``removed`` (users, items, events
+    per round) and ``before`` / ``after`` counts (users, items, events).
+    """
+    before = _counts(events)
+    record: dict[str, Any] = {
+        "entity": fc.entity, "min_user_events": fc.filter_min_user_events, "min_item_events": fc.filter_min_item_events,
+        "rounds": 0, "removed": [], "before": before, "after": before,
+    }  # fmt: skip
+    if not kcore_active(fc.filter_min_user_events, fc.filter_min_item_events):
+        return events, record
+    current, counts = events, before
+    while True:
+        nxt = current.transform(kcore_round, fc.filter_min_user_events, fc.filter_min_item_events).localCheckpoint(eager=True)
+        after = _counts(nxt)
+        removed = {k: counts[k] - after[k] for k in counts}
+        record["rounds"] += 1
+        record["removed"].append(removed)
+        log.info(
+            "k-core round %d (%s >= %d events, items >= %d): removed %d %ss, %d items, %d events; %d %ss, %d items, %d events left",
+            record["rounds"], fc.entity, fc.filter_min_user_events, fc.filter_min_item_events, removed["users"], fc.entity,
+            removed["items"], removed["events"], after["users"], fc.entity, after["items"], after["events"],
+        )  # fmt: skip
+        current, counts = nxt, after
+        if removed["events"] == 0:
+            break
+    record["after"] = counts
+    return current, record
+
+
 def _num_files(rows: int, cfg: Config) -> int:
     fc = cfg.features
     return max(fc.train_ranks * fc.row_groups_per_rank, math.ceil(rows / max(fc.rows_per_file, 1)))
@@ -119,10 +173,14 @@ def _artifact(
     inputs: dict[str, Any],
     stats: dict[str, Any],
     profile_scale: dict[str, dict[str, float]],
+    filtered: dict[str, Any],
 ) -> dict[str, Any]:
     fc = cfg.features
     return {
         "format": SCHEMA_FORMAT,
+        "protocol": fc.protocol,
+        "entity": fc.entity,
+        "filter": filtered,
         "columns": gold_columns(fc),
         "max_len": fc.max_len,
         "padding": "left",
@@ -130,7 +188,7 @@ def _artifact(
         "ignore_label": IGNORE_LABEL,
         "vocab_sizes": sizes,
         "embedding_sizes": {**sizes, "dt_bucket": fc.time_buckets, "hour": HOURS, "dow": WEEKDAYS, "session_start": 2},
-        "cutoff": {"rule": fc.cutoff, "stride": fc.stride if fc.cutoff == "stride" else None},
+        "cutoff": {"rule": fc.cutoff, "stride": fc.stride if fc.cutoff == "stride" else None, "collapse_ties": fc.collapse_ties},
         "horizons_days": {"purchase": fc.purchase_horizon_days, "churn": fc.churn_horizon_days},
         "split": bounds.describe(fc.split),
         "price_stats": prices,
@@ -166,9 +224,10 @@ def run_features(tables: TableIO, cfg: Config, force: bool = False, sample_fract
     bounds = split_bounds(int(span["lo"]), int(span["hi"]), fc)
     log.info("data range and split: %s", bounds.describe(fc.split))
     # Persisted: read three times (vocabulary fit, price statistics, examples), scanned once.
-    events = silver.transform(prepare_events, fc).transform(sample_users, sample_fraction).persist(StorageLevel.MEMORY_AND_DISK)
+    prepared = silver.transform(prepare_events, fc).transform(sample_users, sample_fraction).transform(as_entity, fc.entity).persist(StorageLevel.MEMORY_AND_DISK)
     examples = None
     try:
+        events, filtered = filter_events(prepared, fc)  # the k-core's result is checkpointed: no second cache
         fit_on = events.transform(train_events, fc, bounds)
         new_vocab = fit_vocab(fit_on, fc).transform(with_vocab_version).persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -186,12 +245,12 @@ def run_features(tables: TableIO, cfg: Config, force: bool = False, sample_fract
         stats = {s: stats.get(s, {"split": s, "examples": 0}) for s in SPLITS}
         scale = examples.where(F.col("split") == "train").transform(profile_scale_stats).head().asDict()
         profile_scale = {c: {"mean": scale[f"{c}_mean"] or 0.0, "std": scale[f"{c}_std"] or 1.0} for c in NUMERIC_PROFILES}
-        artifact = _artifact(cfg, bounds, lineage, sizes, prices, inputs, stats, profile_scale)
+        artifact = _artifact(cfg, bounds, lineage, sizes, prices, inputs, stats, profile_scale, filtered)
         written = _write_gold(tables, examples, cfg, stats, {"lineage": lineage, "schema": artifact})
     finally:
         if examples is not None:
             examples.unpersist()
-        events.unpersist()
+        prepared.unpersist()
     artifact["tables"] = written
     path = _write_schema(artifact, schema_path(cfg))
     for split in SPLITS:
@@ -249,7 +308,7 @@ def _run(ctx: Context) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(build_parser(), argv, _run)
+    return run_with_layers(build_parser(), argv, _run, lambda known: [protocol_layer(known.conf_dir, known.protocol)])
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 from pyspark.sql import SparkSession
 
-from jobs.config import Config, ConfigError, load_config
+from jobs.config import Config, ConfigError, default_conf_dir, load_config
 from jobs.spark import get_spark
 from jobs.tables import TableError, TableIO
 
@@ -52,6 +53,48 @@ def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--conf-file", dest="conf_files", action="append", default=[], metavar="FILE", help="extra YAML layer merged after <env>.yaml and before --set, e.g. conf/datasets/taobao.yaml (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set sessionize.gap_minutes=20 (repeatable)")
     return parser
+
+
+def add_protocol_flag(parser: argparse.ArgumentParser) -> None:
+    """``--protocol NAME``: the evaluation protocol preset ``conf/protocols/NAME.yaml`` (see :func:`protocol_layer`)."""
+    parser.add_argument(
+        "--protocol", default=None, metavar="NAME",
+        help="evaluation protocol preset conf/protocols/NAME.yaml (cutoff, recbole_loo, session), applied after the dataset layer and before --conf-file/--set",
+    )  # fmt: skip
+
+
+def protocol_layer(conf_dir: str | None, name: str | None) -> Path | None:
+    """``<conf dir>/protocols/<name>.yaml`` for ``--protocol name`` (None without one); an unknown name is a one-line ConfigError."""
+    if not name:
+        return None
+    folder = (Path(conf_dir) if conf_dir else default_conf_dir()) / "protocols"
+    layer = folder / f"{name}.yaml"
+    if not layer.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"--protocol: unknown protocol {name!r}; expected one of {', '.join(known) or '(none)'} (the files in {folder})")
+    return layer
+
+
+def run_with_layers(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    body: Callable[[Context], int | None],
+    layers: Callable[[argparse.Namespace], Sequence[Path | None]],
+) -> int:
+    """:func:`run_stage` with preset layers (dataset, protocol) placed before any ``--conf-file`` and ``--set``.
+
+    ``layers`` maps the known arguments to the preset files, in order (None: none).
+    """
+    known, _ = parser.parse_known_args(argv)
+    try:
+        presets = [str(p) for p in layers(known) if p is not None]
+    except ConfigError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if presets:
+        # The presets go first: explicit --conf-file layers and --set still override them.
+        parser.set_defaults(conf_files=presets)
+    return run_stage(parser, argv, body)
 
 
 def configure_logging(level: str = "INFO") -> None:

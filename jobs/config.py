@@ -157,9 +157,14 @@ class SessionizeConfig:
 class FeaturesConfig:
     """Sequence features, labels, vocabularies, splits and gold layout (issue 4; see features/*.py)."""
 
+    protocol: str = "cutoff"  # name of the evaluation protocol (conf/protocols/<name>.yaml, --protocol); recorded in the schema artifact
+    entity: Literal["user", "session"] = "user"  # whose sequences examples follow: session = each session is its own user (user_id := session_id)
+    filter_min_user_events: int = 1  # iterative k-core: drop entities (users or sessions) with fewer events, 1 = no filter
+    filter_min_item_events: int = 1  # iterative k-core: drop items with fewer events, 1 = no filter
     max_len: int = 50  # L: events per sequence example (left-padded)
     cutoff: Literal["session_end", "stride", "daily"] = "session_end"  # where examples are cut
     stride: int = 5  # cutoff=stride: a cutoff after every k-th event of a user
+    collapse_ties: bool = True  # a cutoff never separates equal timestamps; false = one cutoff per chosen event, ties ordered by position
     purchase_horizon_days: float = 7.0  # H_p: purchase label looks (cutoff, cutoff + H_p]
     churn_horizon_days: float = 14.0  # H_c: churn = no event in (cutoff, cutoff + H_c]
     min_item_count: int = 2  # items seen fewer times in the train range map to OOV
@@ -167,23 +172,28 @@ class FeaturesConfig:
     min_event_type_count: int = 1  # same for event types
     time_buckets: int = 28  # dt bucket ids: 0 pad, 1 first event, 2 + floor(log2(1 + gap_s)), capped at time_buckets - 1
     drop_bot_suspects: bool = True  # leave out events of user-days flagged is_bot_suspect
-    split: Literal["temporal", "leave_last_out"] = "temporal"
+    split: Literal["temporal", "leave_last_out", "last_days"] = "temporal"
     train_fraction: float = 0.6  # temporal: train boundary at this fraction of the data's time range
     val_fraction: float = 0.2  # temporal: validation boundary at train_fraction + val_fraction
     train_end: str | None = None  # temporal: explicit UTC boundary (date or timestamp), overrides train_fraction
     val_end: str | None = None  # temporal: explicit UTC boundary, overrides val_fraction
     gap_days: float | None = None  # temporal gap before each boundary; None = max(horizons); smaller is refused
+    test_days: float = 1.0  # last_days: entities whose first event is in the last test_days of the data are test
+    val_days: float = 1.0  # last_days: those starting in the val_days before that are validation
     train_ranks: int = 2  # training processes that shard each gold table
     row_groups_per_rank: int = 4  # each split is written as at least train_ranks * this many files
     rows_per_file: int = 200000  # more files when a split has more rows than files * this
 
     def __post_init__(self) -> None:
         minimum = {"max_len": 1, "stride": 1, "min_item_count": 1, "min_category_count": 1, "min_event_type_count": 1,
-                   "time_buckets": 3, "train_ranks": 1, "row_groups_per_rank": 1, "rows_per_file": 1}  # fmt: skip
+                   "time_buckets": 3, "train_ranks": 1, "row_groups_per_rank": 1, "rows_per_file": 1,
+                   "filter_min_user_events": 1, "filter_min_item_events": 1}  # fmt: skip
         for key, low in minimum.items():
             if getattr(self, key) < low:
                 raise ConfigError(f"features.{key}: must be >= {low}, got {getattr(self, key)!r}")
-        for key in ("purchase_horizon_days", "churn_horizon_days"):
+        if not self.protocol or not all(c.isalnum() or c in "_-" for c in self.protocol):
+            raise ConfigError(f"features.protocol: letters, digits, '_' and '-' only, got {self.protocol!r}")
+        for key in ("purchase_horizon_days", "churn_horizon_days", "test_days", "val_days"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"features.{key}: must be > 0, got {getattr(self, key)!r}")
 
@@ -229,6 +239,15 @@ class EvaluateConfig:
     checkpoint: str = "best"   # best | last | a path to a .pt file
     report_dir: str | None = None  # default <app.data_root>/reports/<evaluation id>
     batch_size: int = 1024     # rows scored per forward pass / full-catalogue ranking batch
+    bootstrap_samples: int = 1000  # resamples of users for the intervals; 0 = no intervals
+    confidence: float = 0.95   # level of the percentile bootstrap intervals
+    seed: int = 0              # seed of the resampling (and of the LightGBM / logistic-regression baselines)
+
+    def __post_init__(self) -> None:
+        if self.bootstrap_samples < 0:
+            raise ConfigError(f"evaluate.bootstrap_samples: must be >= 0 (0 disables intervals), got {self.bootstrap_samples!r}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"evaluate.confidence: must be strictly between 0 and 1, got {self.confidence!r}")
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,24 @@ path); check it was trained on the current vocabulary (the gold schema
 artifact's ``vocab_version``); read ``gold_<evaluate.split>`` and
 ``gold_train`` at their current versions as tensors (no Spark beyond
 resolving the snapshot files); score the split with the model and with the
-baselines fitted on train (:mod:`training.evaluation`); write the metrics to
-the ``metrics`` Delta table and the report folder; log the model against the
-best baseline per task, and the metrics into the training run's MLflow run.
+baselines fitted on train (:mod:`training.evaluation`), with percentile
+bootstrap intervals over users for every metric and for model minus each
+baseline (``evaluate.bootstrap_samples``, ``evaluate.confidence``,
+``evaluate.seed``); write the metrics (value, ``ci_low``, ``ci_high``) to the
+``metrics`` Delta table and the report folder; log the model against the
+baselines per task (``beats`` only when the interval of model minus every
+baseline lies above zero), and the metrics into the training run's MLflow run.
 
 **Idempotent.** ``evaluation_id`` is a hash of the model version (MLflow run
 id and epoch of the checkpoint, named as ``shopseq predict`` names it), the
-split, the gold table versions and the evaluation config, and the table is
-partitioned by it. A run whose rows are
+split, the gold table versions and the evaluation config (including the
+bootstrap settings), and the table is partitioned by it. A run whose rows are
 already in the table with the same values (everything but ``evaluated_at``)
 writes nothing: no new table version, the report and MLflow are left as they
 are (``skipped``). Otherwise its partition is replaced (``overwrite_partitions``),
-so the table never holds an evaluation twice.
+so the table never holds an evaluation twice. A ``metrics`` table written
+before the intervals existed (no ``ci_low``/``ci_high`` columns) is rewritten
+once with those columns null for its old rows.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ METRICS_SCHEMA = T.StructType(
         T.StructField("k", T.IntegerType()),  # ranking metrics only
         T.StructField("method", T.StringType()),
         T.StructField("value", T.DoubleType()),  # null when undefined (no rows, one class)
+        T.StructField("ci_low", T.DoubleType()),  # bootstrap percentile interval over users; null when not computed
+        T.StructField("ci_high", T.DoubleType()),
         T.StructField("n_examples", T.LongType()),
         T.StructField("gold_table", T.StringType()),
         T.StructField("gold_version", T.LongType()),
@@ -101,7 +109,10 @@ def model_version(state: dict[str, Any], path: str) -> str:
 def evaluation_id(model: str, gold_table: str, gold_version: int, gold_train_version: int, cfg: Config) -> str:
     """16 hex characters identifying (model version, split table and versions, evaluation config)."""
     ec = cfg.evaluate
-    key = {"model_version": model, "gold_table": gold_table, "gold_version": gold_version, "gold_train_version": gold_train_version, "ks": list(ec.ks), "bins": ec.calibration_bins}
+    key = {
+        "model_version": model, "gold_table": gold_table, "gold_version": gold_version, "gold_train_version": gold_train_version,
+        "ks": list(ec.ks), "bins": ec.calibration_bins, "bootstrap_samples": ec.bootstrap_samples, "confidence": ec.confidence, "seed": ec.seed,
+    }  # fmt: skip
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,6 +129,10 @@ def _check_config(cfg: Config) -> None:
         raise InputError(f"evaluate.calibration_bins must be >= 1, got {ec.calibration_bins}")
     if ec.batch_size < 1:
         raise InputError(f"evaluate.batch_size must be >= 1, got {ec.batch_size}")
+    if ec.bootstrap_samples < 0:
+        raise InputError(f"evaluate.bootstrap_samples must be >= 0 (0 disables intervals), got {ec.bootstrap_samples}")
+    if not 0.0 < ec.confidence < 1.0:
+        raise InputError(f"evaluate.confidence must be strictly between 0 and 1, got {ec.confidence}")
 
 
 def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, split: str | None = None) -> dict[str, Any]:
@@ -126,13 +141,16 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
     Returns ``evaluation_id``, ``split``, ``split_protocol``, ``model_version``,
     ``checkpoint``, ``checkpoint_epoch``, the gold lineage, ``metrics`` (one
     dict per table row), ``comparison`` (per task: the primary metric, the
-    model's value, each baseline's, ``beats_baselines`` and ``outcome``),
-    ``n_examples`` per task, ``report_dir``, ``report_path``,
+    model's value and interval, each baseline's with the paired interval of
+    model minus baseline, ``beats_baselines``, ``outcome`` and ``interval``),
+    ``n_examples`` per task, ``oov_share`` (next-item rows whose target is out
+    of vocabulary: misses), ``bootstrap`` (samples, confidence, seed, users
+    per task), ``method_seconds`` (wall time per method), ``report_dir``, ``report_path``,
     ``metrics_table_version`` and ``skipped`` (nothing written: already recorded).
     """
     from training.checkpoint import load_model
     from training.data import count_rows, load_tensors, model_columns
-    from training.evaluation import compare, evaluate_all
+    from training.evaluation import OOV_METRIC, compare, evaluate_all
 
     _check_config(cfg)
     ec = cfg.evaluate
@@ -156,7 +174,7 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
     if (state.get("lineage") or {}).get("gold_train_version") not in (None, train_version):
         log.warning("checkpoint %s was trained on gold_train version %s; the baselines use version %d", path, state["lineage"]["gold_train_version"], train_version)
 
-    columns = model_columns(schema) + ["user_key"]
+    columns = model_columns(schema) + ["user_key", "cutoff_time_us"]
     files = {name: tables.files(name, version=v) for name, v in ((gold_table, gold_version), ("gold_train", train_version))}
     if not all(files.values()) or not all(count_rows(f) for f in files.values()):
         raise InputError(f"{gold_table} (version {gold_version}) or gold_train (version {train_version}) has no examples to evaluate")
@@ -164,7 +182,7 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
     train = load_tensors(files["gold_train"], columns)
     n_rows = len(data["next_item_idx"])
     log.info("evaluating %s on %s version %d (%d examples); baselines from gold_train version %d", path, gold_table, gold_version, n_rows, train_version)
-    evaluation = evaluate_all(model, data, train, schema, ec.ks, ec.calibration_bins, ec.batch_size)
+    evaluation = evaluate_all(model, data, train, schema, ec.ks, ec.calibration_bins, ec.batch_size, ec.bootstrap_samples, ec.confidence, ec.seed)
 
     version = model_version(state, path)
     eval_id = evaluation_id(version, gold_table, gold_version, train_version, cfg)
@@ -181,9 +199,15 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
         "checkpoint_epoch": int(state["epoch"]),
         "mlflow_run_id": (state.get("params") or {}).get("mlflow_run_id"),
     }
-    metrics = [{"task": r.task, "metric": r.metric, "k": r.k, "method": r.method, "value": None if math.isnan(r.value) else r.value, "n_examples": r.n_examples} for r in evaluation.rows]
-    comparison = compare(evaluation.rows, ec.ks)
+    metrics = [
+        {"task": r.task, "metric": r.metric, "k": r.k, "method": r.method, "value": _null(r.value), "ci_low": _null(r.ci_low), "ci_high": _null(r.ci_high), "n_examples": r.n_examples}
+        for r in evaluation.rows
+    ]
+    comparison = compare(evaluation.rows, ec.ks, evaluation.differences)
     n_examples = {r.task: r.n_examples for r in evaluation.rows}
+    oov_share = next((r.value for r in evaluation.rows if r.task == "next_item" and r.metric == OOV_METRIC and r.method == "model"), math.nan)
+    if oov_share > 0:
+        log.info("next item: %.2f%% of the labelled %s rows have an out-of-vocabulary target, counted as misses", 100 * oov_share, gold_table)
     for task, n in n_examples.items():
         if n == 0:
             log.warning("%s: no labelled %s examples in %s version %d; its metrics are undefined (null)", METRICS_TABLE, task, gold_table, gold_version)
@@ -192,19 +216,43 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
     written, table_version = _write_metrics(tables, lineage, metrics, evaluated_at)
     out_dir = report_dir(cfg, eval_id)
     report_path = os.path.join(out_dir, "report.md")
-    summary = {**lineage, "evaluated_at": evaluated_at.isoformat(), "metrics": metrics, "comparison": comparison, "n_examples": n_examples, "metrics_table_version": table_version}
+    summary = {
+        **lineage, "evaluated_at": evaluated_at.isoformat(), "metrics": metrics, "comparison": comparison, "n_examples": n_examples,
+        "oov_share": oov_share, "bootstrap": evaluation.bootstrap, "method_seconds": evaluation.method_seconds, "metrics_table_version": table_version,
+    }  # fmt: skip
     if written or not _report_current(out_dir, eval_id):
         report_path = write_report(out_dir, summary, evaluation, ec.ks, ec.calibration_bins)
+        save_next_item_ranks(os.path.join(out_dir, RANKS_FILE), data, evaluation)
     if written:
         _track(state, lineage, metrics, out_dir)
     _log_comparison(comparison, split)
     return {**summary, "report_dir": out_dir, "report_path": report_path, "skipped": not written}
 
 
+RANKS_FILE = "next_item_ranks.npz"  # in the report folder: per labelled row and method, items above / tied (paired peer comparisons)
+
+
+def save_next_item_ranks(path: str, data: dict[str, Any], evaluation: Any) -> None:
+    """Per labelled next-item row: ``user_key``, ``target`` and, per method, ``<method>.above`` / ``<method>.tied`` / ``<method>.in_vocab``.
+
+    ``shopseq bench quality --peer`` pairs these with a peer's own per-user ranks.
+    """
+    import numpy as np
+
+    kept = data["next_label_mask"].bool()
+    arrays: dict[str, Any] = {"user_key": data["user_key"][kept].numpy(), "target": data["next_item_idx"][kept].numpy()}
+    for method, ranks in evaluation.next_item_ranks.items():
+        arrays.update({f"{method}.above": ranks.above.numpy(), f"{method}.tied": ranks.tied.numpy(), f"{method}.in_vocab": ranks.in_vocab.numpy()})
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
 def _write_metrics(tables: TableIO, lineage: dict[str, Any], metrics: list[dict[str, Any]], evaluated_at: datetime) -> tuple[bool, int]:
     """Replace this evaluation's partition unless it already holds the same rows; returns (written, table version)."""
     fields = [f.name for f in METRICS_SCHEMA.fields]
     rows = [tuple({**lineage, **m, "evaluated_at": evaluated_at}[name] for name in fields) for m in metrics]
+    _add_interval_columns(tables)
     if _already_recorded(tables, lineage, metrics):
         version = tables.version(METRICS_TABLE)
         log.info("%s: evaluation %s already recorded with the same values (table version %d); not written", METRICS_TABLE, lineage["evaluation_id"], version)
@@ -214,8 +262,26 @@ def _write_metrics(tables: TableIO, lineage: dict[str, Any], metrics: list[dict[
     return True, commit.version
 
 
+def _add_interval_columns(tables: TableIO) -> None:
+    """A ``metrics`` table from before the intervals: rewrite it once with ``ci_low``/``ci_high`` null on its rows."""
+    if not tables.exists(METRICS_TABLE):
+        return
+    old = tables.read(METRICS_TABLE)
+    missing = [f for f in METRICS_SCHEMA.fields if f.name not in old.columns]
+    if not missing:
+        return
+    upgraded = old.select(*[F.col(f.name).cast(f.dataType) if f.name in old.columns else F.lit(None).cast(f.dataType).alias(f.name) for f in METRICS_SCHEMA.fields])
+    commit = tables.overwrite(METRICS_TABLE, upgraded, partition_by=["evaluation_id"], metadata={"upgrade": "add " + ", ".join(f.name for f in missing)})
+    log.info("%s: added the columns %s (null on the existing rows); table version %d", METRICS_TABLE, ", ".join(f.name for f in missing), commit.version)
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    """Both null, or equal within 1e-9 relative."""
+    return (a is None) == (b is None) and (a is None or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))  # type: ignore[arg-type]
+
+
 def _already_recorded(tables: TableIO, lineage: dict[str, Any], metrics: list[dict[str, Any]]) -> bool:
-    """Whether the table holds exactly these rows for this evaluation (values within 1e-9 relative)."""
+    """Whether the table holds exactly these rows for this evaluation (values and intervals within 1e-9 relative)."""
     if not tables.exists(METRICS_TABLE):
         return False
     stored = [r.asDict() for r in tables.read(METRICS_TABLE).where(F.col("evaluation_id") == lineage["evaluation_id"]).collect()]
@@ -226,8 +292,7 @@ def _already_recorded(tables: TableIO, lineage: dict[str, Any], metrics: list[di
         r = by_key.get(tuple(m[c] for c in ROW_KEY))
         if r is None or r["n_examples"] != m["n_examples"] or any(r[c] != v for c, v in lineage.items()):
             return False
-        a, b = r["value"], m["value"]
-        if (a is None) != (b is None) or (a is not None and not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)):
+        if not all(_same(r[c], m[c]) for c in ("value", "ci_low", "ci_high")):
             return False
     return True
 
@@ -268,17 +333,22 @@ def _track(state: dict[str, Any], lineage: dict[str, Any], metrics: list[dict[st
 
 
 def _log_comparison(comparison: list[dict[str, Any]], split: str) -> None:
-    log.info("model vs baselines on the %s split:", split)
+    log.info("model vs baselines on the %s split (interval: model minus baseline):", split)
     for c in comparison:
-        best = next((b for b in c["baselines"] if b["name"] == c["best_baseline"]), None)
-        log.info(
-            "  %-11s %-9s model %.4f  best baseline %s %.4f  -> %s",
-            c["task"], c["metric"], _nan(c["model"]), c["best_baseline"], _nan(best["value"] if best else None), c["outcome"],
-        )  # fmt: skip
+        for b in c["baselines"]:
+            log.info(
+                "  %-11s %-9s model %.4f  %-19s %.4f  diff %+.4f [%+.4f, %+.4f]  %s",
+                c["task"], c["metric"], _nan(c["model"]), b["name"], _nan(b["value"]), _nan(b["diff"]), _nan(b["diff_low"]), _nan(b["diff_high"]), b["verdict"],
+            )  # fmt: skip
+        log.info("  %-11s -> %s (interval: %s)", c["task"], c["outcome"], c.get("interval", "none"))
 
 
 def _nan(value: float | None) -> float:
     return math.nan if value is None else value
+
+
+def _null(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def _run(ctx: Context) -> int:

@@ -9,7 +9,9 @@ are). ``--input PATH --format NAME`` runs on real data instead: the generate
 stage is left out, and the dataset's config layer ``conf/datasets/<NAME>.yaml``
 (when there is one) is applied between ``<env>.yaml`` and ``--set``; it holds
 what that dataset needs (its own data root, ingest window, horizons and
-split boundaries for a short time range). ``--stages`` runs a subset.
+split boundaries for a short time range). ``--protocol NAME`` applies
+``conf/protocols/NAME.yaml`` after it (the evaluation protocol's features keys).
+``--stages`` runs a subset.
 
 Every stage keeps its own idempotency, so a second run changes no table a
 stage skips: generate skips when its landing folder records the same
@@ -36,7 +38,7 @@ from typing import Any, Callable
 
 from pyspark.sql import functions as F
 
-from jobs.common import Context, InputError, run_stage, stage_parser
+from jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
 from jobs.config import Config, default_conf_dir, to_dict
 from jobs.sources import FORMATS
 from jobs.tables import TableIO
@@ -85,6 +87,7 @@ def build_parser():
     parser.add_argument("--format", default=None, metavar="NAME", help=f"source format of --input: {', '.join(FORMATS)}")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="quick mode: ingest only the first N input lines/rows")
     parser.add_argument("--stages", default=None, metavar="LIST", help=f"comma-separated subset to run, in pipeline order (default: all of {','.join(STAGES)})")
+    add_protocol_flag(parser)
     return parser
 
 
@@ -350,15 +353,29 @@ def _num(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _interval(value: Any, low: Any = None, high: Any = None, signed: bool = False) -> str:
+    """``0.1375 [0.1200, 0.1500]``, or the value alone when there is no interval."""
+    if not isinstance(value, float) or math.isnan(value):
+        return _num(value)
+    f = "{:+.4f}" if signed else "{:.4f}"
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (low, high)):
+        return f.format(value)
+    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
+
+
 def comparison_rows(evaluation: dict[str, Any] | None) -> list[list[str]]:
-    """Per task (the evaluation's ``comparison``): task, primary metric, the model's value, each baseline's,
-    whether the model beats every baseline, and the outcome (beats / ties / loses)."""
+    """Per task (the evaluation's ``comparison``): task, primary metric, the model's value, each baseline's (with
+    their bootstrap intervals when present), when the comparison carries it model minus the best baseline with its
+    paired interval, whether the model beats every baseline, and the outcome (beats / ties / loses, ``(no interval)``
+    when point values decided)."""
     if not evaluation:
         return []
     rows = []
     for c in evaluation.get("comparison", []):
-        baselines = ", ".join(f"{b['name']} {_num(b['value'])}" for b in c["baselines"]) or "none"
-        rows.append([c["task"], c["metric"], _num(c["model"]), baselines, "yes" if c["beats_baselines"] else "no", c.get("outcome", "")])
+        baselines = ", ".join(f"{b['name']} {_interval(b['value'], b.get('ci_low'), b.get('ci_high'))}" for b in c["baselines"]) or "none"
+        outcome = c.get("outcome", "") + (" (no interval)" if c.get("interval") == "none" else "")
+        diff = [_interval(c["diff"], c.get("diff_low"), c.get("diff_high"), signed=True)] if "diff" in c else []
+        rows.append([c["task"], c["metric"], _interval(c["model"], c.get("model_low"), c.get("model_high")), baselines, *diff, "yes" if c["beats_baselines"] else "no", outcome])
     return rows
 
 
@@ -381,10 +398,19 @@ def format_summary(result: dict[str, Any]) -> str:
     if rows:
         evaluation = result["evaluation"]
         out += ["", f"Model vs baselines ({evaluation.get('split', 'test')} split)"]
-        out += _table(["task", "metric", "model", "baselines", "beats baselines", "outcome"], rows)
+        header = ["task", "metric", "model", "baselines", "beats baselines", "outcome"]
+        if any(len(r) > len(header) for r in rows):
+            header.insert(4, "model - best baseline")
+            rows = [r if len(r) == len(header) else r[:4] + [""] + r[4:] for r in rows]
+        out += _table(header, rows)
         out += ["", f"Report:      {evaluation.get('report_path') or evaluation.get('report_dir')}"]
     elif "evaluate" in [s["stage"] for s in result["stages"]]:
         out += ["", "Model vs baselines: the evaluation returned no comparison"]
+    filtered = (result["results"].get("features") or {}).get("filter")
+    if filtered:  # the protocol's event filter (features stage): users (or sessions), items, events kept of those it saw
+        kept, seen = filtered["after"], filtered["before"]
+        counts = ", ".join(f"{_num(kept[k])} of {_num(seen[k])} {k if k != 'users' else filtered['entity'] + 's'}" for k in ("users", "items", "events"))
+        out += ["", f"Protocol:    {result['results']['features'].get('protocol')}: {counts} ({filtered['rounds']} filter round(s))"]
     train = result["results"].get("train") or {}
     history = train.get("history") or []
     if history:
@@ -410,13 +436,10 @@ def _run(ctx: Context) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    layer = dataset_layer(known.conf_dir, known.format)
-    if layer is not None:
-        # The dataset's layer goes first: explicit --conf-file layers and --set still override it.
-        parser.set_defaults(conf_files=[str(layer)])
-    return run_stage(parser, argv, _run)
+    # The dataset's layer, then the protocol's, go first: explicit --conf-file layers and --set still override them.
+    return run_with_layers(
+        build_parser(), argv, _run, lambda known: [dataset_layer(known.conf_dir, known.format), protocol_layer(known.conf_dir, known.protocol)]
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Issue 6, evaluation: metrics and baselines on hand-built tensors (exact values), then `shopseq evaluate` on the trained fixture."""
+"""Evaluation (issues 6 and 14): metrics, ties, OOV, bootstrap intervals and baselines on hand-built tensors (exact
+values), then `shopseq evaluate` on the trained fixture."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import pytest
 import torch
 
 from training.evaluation import (
+    LIGHTGBM_PARAMS,
+    Difference,
     MetricRow,
     SequenceBaselines,
     action_baseline_predictions,
     action_metrics,
+    average_precision_statistic,
+    baseline_features,
     binary_metrics,
+    bootstrap_distributions,
     calibration_bins,
     compare,
     expected_calibration_error,
@@ -21,43 +27,101 @@ from training.evaluation import (
     fit_profile_baseline,
     last_event_types,
     last_items,
+    macro_f1_statistic,
     markov_scores,
+    mean_statistic,
+    percentile_interval,
     popularity_scores,
     ranking_metrics,
+    ranking_values,
     ranks_in_batches,
     repeat_last_scores,
+    roc_auc_statistic,
+    score_task,
     signed_log1p,
 )
-from training.metrics import batch_ranking_sums, target_ranks
+from training.metrics import TargetRanks, batch_ranking_sums, expected_at_k, target_ranks
 
-# --------------------------------------------------------------------------- ranking
+INV_LOG2_3 = 1 / math.log2(3)
+
+# --------------------------------------------------------------------------- ranking: ties by expected value, OOV = miss
 
 
-def test_target_ranks_count_strictly_higher_real_items_and_skip_masked_and_oov_rows():
+def test_target_ranks_count_higher_and_tied_real_items_and_keep_oov_rows_as_misses():
     scores = torch.tensor(
         [
-            [9.0, 9.0, 0.5, 0.5, 0.1],  # target 3: padding/OOV never count, item 2 ties (target's favour) -> rank 0
-            [0.0, 0.0, 0.1, 0.3, 0.2],  # target 2: items 3 and 4 higher -> rank 2
+            [9.0, 9.0, 0.5, 0.5, 0.1],  # target 3: padding/OOV never count; item 2 ties -> above 0, tied 1
+            [0.0, 0.0, 0.1, 0.3, 0.2],  # target 2: items 3 and 4 higher -> above 2, tied 0
             [0.0, 0.0, 0.9, 0.1, 0.1],  # mask 0 -> left out
-            [0.0, 5.0, 0.1, 0.2, 0.3],  # target OOV -> left out
+            [0.0, 5.0, 0.1, 0.2, 0.3],  # target OOV -> kept, a miss
         ]
     )
     target, mask = torch.tensor([3, 2, 4, 1]), torch.tensor([1, 1, 0, 1])
-    rank, kept = target_ranks(scores, target, mask)
-    assert rank.tolist() == [0, 2] and kept.tolist() == [True, True, False, False]
+    r = target_ranks(scores, target, mask)
+    assert r.above.tolist() == [0, 2, 0] and r.tied.tolist() == [1, 0, 0]
+    assert r.in_vocab.tolist() == [True, True, False] and r.kept.tolist() == [True, True, False, True]
     for batch in (1, 3, 10):
-        assert ranks_in_batches(lambda r: scores[r], target, mask, batch).tolist() == [0, 2]
-    # batch_ranking_sums (training) is built on the same ranks: hits@2 = 1, ndcg@2 = 1, n = 2
-    assert batch_ranking_sums(scores, target, mask, k=2).tolist() == [1.0, 1.0, 2.0]
+        got = ranks_in_batches(lambda rows: scores[rows], target, mask, batch)
+        assert got.above.tolist() == [0, 2, 0] and got.tied.tolist() == [1, 0, 0] and got.in_vocab.tolist() == [True, True, False]
+    # batch_ranking_sums (training validation): row 0 is at position 0 or 1 (both < 2) -> hit 1, NDCG (1 + 1/log2 3) / 2;
+    # row 1 (position 2) misses @2; the OOV row misses and stays in n.
+    hits, ndcg, n = batch_ranking_sums(scores, target, mask, k=2).tolist()
+    assert (hits, n) == (1.0, 3.0) and ndcg == pytest.approx((1 + INV_LOG2_3) / 2, abs=1e-6)  # float32 sums, as training reduces them
+    assert batch_ranking_sums(scores, target, torch.zeros(4, dtype=torch.long)).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="target index 7 is outside the 5 scored items"):
+        target_ranks(scores, torch.tensor([7, 2, 2, 2]), mask)
 
 
-def test_ranking_metrics_exact():
-    m = ranking_metrics(np.array([0, 1, 4, 9]), [1, 5])
+def test_constant_scorer_gets_k_over_n():
+    n_items, n_real = 7, 5  # indices 0 and 1 are padding and OOV
+    scores = torch.zeros(3, n_items)
+    target, mask = torch.tensor([2, 4, 6]), torch.ones(3, dtype=torch.long)
+    r = target_ranks(scores, target, mask)
+    assert r.above.tolist() == [0, 0, 0] and r.tied.tolist() == [4, 4, 4]
+    m = ranking_metrics(r, [2, 10])
+    assert m[("hr", 2)] == pytest.approx(2 / n_real, abs=1e-15)
+    assert m[("ndcg", 2)] == pytest.approx((1 + INV_LOG2_3) / n_real, abs=1e-15)
+    assert m[("mrr", 2)] == pytest.approx((1 + 1 / 2) / n_real, abs=1e-15)
+    assert m[("hr", 10)] == 1.0  # K >= n: every position is inside the list
+    assert m[("ndcg", 10)] == pytest.approx(sum(1 / math.log2(p + 2) for p in range(n_real)) / n_real, abs=1e-15)
+    assert m[("oov_share", None)] == 0.0
+    hits, ndcg, n = batch_ranking_sums(scores, target, mask, k=2).tolist()
+    assert hits == pytest.approx(3 * 2 / n_real) and ndcg == pytest.approx(3 * (1 + INV_LOG2_3) / n_real) and n == 3
+
+
+def test_tie_with_one_other_item_at_the_top_is_half_a_hit_at_1():
+    scores = torch.tensor([[0.0, 0.0, 0.9, 0.9, 0.1, 0.2]])
+    hr, ndcg, mrr = expected_at_k(target_ranks(scores, torch.tensor([3]), torch.tensor([1])), 1)
+    assert hr.tolist() == [0.5] and ndcg.tolist() == [0.5] and mrr.tolist() == [0.5]
+    hr, ndcg, mrr = expected_at_k(target_ranks(scores, torch.tensor([3]), torch.tensor([1])), 2)
+    assert hr.tolist() == [1.0] and ndcg.item() == pytest.approx((1 + INV_LOG2_3) / 2) and mrr.item() == pytest.approx(0.75)
+    # Tied in the middle: g = 1, t = 2 (items 3 and 4 tie with target 2), positions 1..3; @3 -> positions 1, 2 count.
+    scores = torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.5, 0.9]])
+    hr, ndcg, mrr = expected_at_k(target_ranks(scores, torch.tensor([2]), torch.tensor([1])), 3)
+    assert hr.item() == pytest.approx(2 / 3) and ndcg.item() == pytest.approx((INV_LOG2_3 + 0.5) / 3) and mrr.item() == pytest.approx((1 / 2 + 1 / 3) / 3)
+
+
+def test_oov_target_is_a_miss_and_its_share_is_reported():
+    scores = torch.tensor([[0.0, 0.0, 0.9, 0.1], [0.0, 9.0, 0.9, 0.1], [0.0, 0.0, 0.2, 0.8], [0.0, 0.0, 0.2, 0.8]])
+    target, mask = torch.tensor([2, 1, 3, 1]), torch.tensor([1, 1, 1, 0])  # row 1: OOV target; row 3: censored
+    values = ranking_values(ranks_in_batches(lambda r: scores[r], target, mask), [1])
+    assert values[("hr", 1)].tolist() == [1.0, 0.0, 1.0] and values[("oov_share", None)].tolist() == [0.0, 1.0, 0.0]
+    m = ranking_metrics(ranks_in_batches(lambda r: scores[r], target, mask), [1])
+    assert m[("hr", 1)] == pytest.approx(2 / 3) and m[("oov_share", None)] == pytest.approx(1 / 3)
+    # A batch with OOV targets only is never scored, and still counts.
+    only_oov = ranks_in_batches(lambda r: pytest.fail("scored a batch without rankable rows"), torch.tensor([1, 1]), torch.tensor([1, 1]))
+    assert only_oov.in_vocab.tolist() == [False, False] and ranking_metrics(only_oov, [5])[("hr", 5)] == 0.0
+    assert all(math.isnan(v) for v in ranking_metrics(ranks_in_batches(lambda r: scores[r], target, torch.zeros(4)), [5]).values())
+
+
+def test_ranking_metrics_exact_without_ties():
+    none = torch.zeros(4, dtype=torch.long)
+    ranks = TargetRanks(torch.tensor([0, 1, 4, 9]), none, torch.ones(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+    m = ranking_metrics(ranks, [1, 5])
     assert m[("hr", 1)] == 0.25 and m[("ndcg", 1)] == 0.25 and m[("mrr", 1)] == 0.25
     assert m[("hr", 5)] == 0.75
-    assert m[("ndcg", 5)] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(6)) / 4, abs=1e-12)
+    assert m[("ndcg", 5)] == pytest.approx((1 + INV_LOG2_3 + 1 / math.log2(6)) / 4, abs=1e-12)
     assert m[("mrr", 5)] == pytest.approx((1 + 1 / 2 + 1 / 5) / 4, abs=1e-12)
-    assert all(math.isnan(v) for v in ranking_metrics(np.zeros(0), [5]).values())
 
 
 # --------------------------------------------------------------------------- classification
@@ -68,6 +132,7 @@ def test_action_metrics_macro_f1_over_label_classes():
     m = action_metrics(np.array([2, 2, 3, 4, 4]), np.array([2, 3, 3, 2, 5]))
     assert m["accuracy"] == pytest.approx(2 / 5)
     assert m["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+    assert all(math.isnan(v) for v in action_metrics(np.zeros(0), np.zeros(0)).values())
 
 
 def test_binary_metrics_exact():
@@ -78,6 +143,8 @@ def test_binary_metrics_exact():
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.88, 0.62, 0.36, 0.82])))
     # bins: 0.12 alone (|0 - 0.12|), 0.36 and 0.38 together (|0.5 - 0.37|), 0.82 alone (|1 - 0.82|)
     assert m["ece"] == pytest.approx((0.12 + 2 * 0.13 + 0.18) / 4)
+    tied = binary_metrics(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.9]), bins=10)
+    assert tied["roc_auc"] == pytest.approx((0.5 + 1) / 2)  # a tied pair counts one half
     one_class = binary_metrics(np.array([0, 0]), np.array([0.2, 0.4]), bins=10)
     assert math.isnan(one_class["roc_auc"]) and math.isnan(one_class["pr_auc"]) and one_class["log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.6])))
     assert all(math.isnan(v) for v in binary_metrics(np.zeros(0), np.zeros(0), bins=10).values())
@@ -90,6 +157,144 @@ def test_calibration_error_bins_match_sklearn_edges():
     # bin 0: rate 1/2, mean 0.1 -> 0.4 x 2/5; bin 1: rate 2/3, mean 0.91667 -> 0.25 x 3/5
     assert expected_calibration_error(y, p, 2) == pytest.approx(0.4 * 2 / 5 + 0.25 * 3 / 5)
     assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0]), 10) == 0.0
+
+
+def test_weighted_statistics_equal_sklearn_with_sample_weight():
+    """The vectorised statistics behind the bootstrap are scikit-learn's metrics with integer weights (resample counts)."""
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 2, 40), np.round(rng.random(40), 1)  # rounded: many tied scores
+    ya, pa = rng.integers(1, 5, 40), rng.integers(1, 6, 40)
+    w = rng.integers(0, 4, (5, 40)).astype(float)
+    auc, ap, f1 = roc_auc_statistic(y, p)(w), average_precision_statistic(y, p)(w), macro_f1_statistic(ya, pa)(w)
+    for i in range(5):
+        assert auc[i] == pytest.approx(roc_auc_score(y, p, sample_weight=w[i]), abs=1e-12)
+        assert ap[i] == pytest.approx(average_precision_score(y, p, sample_weight=w[i]), abs=1e-12)
+        assert f1[i] == pytest.approx(f1_score(ya, pa, labels=np.unique(ya[w[i] > 0]), average="macro", sample_weight=w[i], zero_division=0), abs=1e-12)
+    one_class = np.zeros((1, 40))
+    one_class[0, np.flatnonzero(y == 1)] = 1.0
+    assert math.isnan(roc_auc_statistic(y, p)(one_class)[0]) and math.isnan(average_precision_statistic(y, p)(one_class)[0])
+
+
+# --------------------------------------------------------------------------- bootstrap over users
+
+
+def test_bootstrap_of_identical_users_collapses_to_the_point():
+    users = np.array([1, 1, 2, 2, 3, 3])
+    values = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])  # every user: mean 1/2
+    dist = bootstrap_distributions({"hr": mean_statistic(values)}, users, samples=200, seed=0)
+    assert dist["hr"].shape == (200,) and percentile_interval(dist["hr"], 0.95) == (0.5, 0.5)
+
+
+def test_bootstrap_two_users_matches_the_enumerated_distribution():
+    """User A: 1 row worth 1; user B: 3 rows worth 0. Resamples: AA (1/4) -> 1, AB (1/2) -> 1/4, BB (1/4) -> 0.
+
+    With 1,000 resamples the 2.5% and 97.5% percentiles fall inside the BB and AA masses, so they equal numpy's own
+    percentiles of the enumerated distribution (400 outcomes in the exact proportions).
+    """
+    users, values = np.array([7, 9, 9, 9]), np.array([1.0, 0.0, 0.0, 0.0])
+    dist = bootstrap_distributions({"m": mean_statistic(values)}, users, samples=1000, seed=0)["m"]
+    assert set(np.round(dist, 12)) == {0.0, 0.25, 1.0}
+    enumerated = np.repeat([1.0, 0.25, 0.0], [100, 200, 100])
+    expected = tuple(np.percentile(enumerated, [2.5, 97.5]))
+    assert percentile_interval(dist, 0.95) == expected == (0.0, 1.0)
+    # the same seed gives the same resamples; all of a user's rows move together (user 9's rows weigh the same)
+    again = bootstrap_distributions({"m": mean_statistic(values), "w": lambda w: w[:, 1] - w[:, 3]}, users, samples=1000, seed=0)
+    assert np.array_equal(again["m"], dist) and not again["w"].any()
+    assert bootstrap_distributions({"m": mean_statistic(values)}, users, samples=0, seed=0)["m"].shape == (0,)
+    assert all(math.isnan(v) for v in percentile_interval(np.array([np.nan, np.nan]), 0.95))
+
+
+def test_score_task_paired_differences():
+    users = np.array([1, 2, 3, 4])
+    model, base = np.array([1.0, 1.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0, 0.0])
+    stats = {("hr", 5, "model"): mean_statistic(model), ("hr", 5, "markov"): mean_statistic(base), ("oov_share", None, "model"): mean_statistic(np.zeros(4))}
+    rows, diffs = score_task("next_item", stats, users, samples=500, confidence=0.95, seed=0)
+    by = {(r.metric, r.method): r for r in rows}
+    assert by[("hr", "model")].value == 0.75 and by[("hr", "markov")].value == 0.25 and by[("hr", "model")].n_examples == 4
+    assert [(d.baseline, d.metric, d.diff) for d in diffs] == [("markov", "hr", 0.5)]  # no difference for the OOV share
+    # paired: per user the model is never worse, so no resample has a negative difference
+    # per user the differences are 1, 0, 0, 1: a resample's mean is (number of 1-users drawn) / 4, Binomial(4, 1/2) with
+    # 1/16 at each end (> 2.5%), so the interval is exactly [0, 1]
+    assert (diffs[0].low, diffs[0].high) == (0.0, 1.0)
+    rows, diffs = score_task("next_item", stats, users, samples=0, confidence=0.95, seed=0)
+    assert all(math.isnan(r.ci_low) and math.isnan(r.ci_high) for r in rows) and math.isnan(diffs[0].low)
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def _primary(task: str, metric: str, k: int | None, model: float, baselines: dict[str, float]) -> list[MetricRow]:
+    return [MetricRow(task, metric, k, "model", model, 10, model - 0.1, model + 0.1)] + [MetricRow(task, metric, k, b, v, 10) for b, v in baselines.items()]
+
+
+def test_compare_by_interval_beats_ties_loses():
+    rows = _primary("next_item", "ndcg", 10, 0.3, {"markov": 0.2, "most_popular": 0.1})
+    rows += _primary("next_action", "macro_f1", None, 0.5, {"markov": 0.45, "repeat_last": 0.4})
+    rows += _primary("purchase", "roc_auc", None, 0.6, {"logistic_regression": 0.62, "lightgbm": 0.5})
+    rows += _primary("churn", "roc_auc", None, 0.7, {"logistic_regression": 0.6})
+    diffs = [
+        Difference("next_item", "ndcg", 10, "markov", 0.1, 0.02, 0.18), Difference("next_item", "ndcg", 10, "most_popular", 0.2, 0.1, 0.3),
+        Difference("next_action", "macro_f1", None, "markov", 0.05, -0.01, 0.11), Difference("next_action", "macro_f1", None, "repeat_last", 0.1, 0.03, 0.2),
+        Difference("purchase", "roc_auc", None, "logistic_regression", -0.02, -0.05, -0.001), Difference("purchase", "roc_auc", None, "lightgbm", 0.1, 0.05, 0.15),
+        Difference("churn", "roc_auc", None, "logistic_regression", 0.1, math.nan, math.nan),
+    ]  # fmt: skip
+    out = {c["task"]: c for c in compare(rows, [5, 10], diffs)}
+    item = out["next_item"]
+    assert item["outcome"] == "beats" and item["beats_baselines"] and item["interval"] == "bootstrap" and item["metric"] == "ndcg@10"
+    assert (item["model"], item["model_low"], item["model_high"]) == (0.3, pytest.approx(0.2), pytest.approx(0.4))
+    assert item["best_baseline"] == "markov" and (item["diff"], item["diff_low"], item["diff_high"]) == (pytest.approx(0.1), 0.02, 0.18)
+    assert [b["verdict"] for b in item["baselines"]] == ["better", "better"]
+    # the point estimate is ahead of both, but the interval against markov holds zero -> ties
+    assert out["next_action"]["outcome"] == "ties" and [b["verdict"] for b in out["next_action"]["baselines"]] == ["tie", "better"]
+    # below zero against one baseline -> loses, even though it is above zero against the other
+    assert out["purchase"]["outcome"] == "loses" and not out["purchase"]["beats_baselines"]
+    # no interval: the point values decide, and the comparison says so
+    assert out["churn"]["outcome"] == "beats" and out["churn"]["interval"] == "none" and out["churn"]["baselines"][0]["interval"] == "none"
+
+
+def test_compare_lower_is_better_and_point_fallback():
+    rows = [MetricRow("purchase", "log_loss", None, "model", 0.3, 5), MetricRow("purchase", "log_loss", None, "lightgbm", 0.4, 5)]
+    below = compare(rows, [10], [Difference("purchase", "log_loss", None, "lightgbm", -0.1, -0.2, -0.05)], primary={"purchase": "log_loss"})
+    above = compare(rows, [10], [Difference("purchase", "log_loss", None, "lightgbm", -0.1, 0.01, 0.2)], primary={"purchase": "log_loss"})
+    assert below[0]["outcome"] == "beats" and above[0]["outcome"] == "loses"  # lower is better: below zero is good
+    # Without differences (bootstrap disabled): point comparison, interval none.
+    rows = [
+        MetricRow("next_item", "ndcg", 10, "model", 0.3, 5), MetricRow("next_item", "ndcg", 10, "markov", 0.2, 5),
+        MetricRow("next_item", "ndcg", 10, "most_popular", 0.1, 5), MetricRow("next_item", "ndcg", 5, "most_popular", 0.9, 5),
+        MetricRow("next_action", "macro_f1", None, "model", 1.0, 5), MetricRow("next_action", "macro_f1", None, "markov", 1.0, 5),
+        MetricRow("purchase", "roc_auc", None, "model", 0.6, 5), MetricRow("purchase", "roc_auc", None, "logistic_regression", 0.7, 5),
+        MetricRow("churn", "roc_auc", None, "model", math.nan, 0), MetricRow("churn", "roc_auc", None, "logistic_regression", math.nan, 0),
+    ]  # fmt: skip
+    out = {c["task"]: c for c in compare(rows, [5, 10])}
+    assert out["next_item"]["metric"] == "ndcg@10" and out["next_item"]["outcome"] == "beats" and out["next_item"]["best_baseline"] == "markov"
+    assert all(c["interval"] == "none" for c in out.values() if c["outcome"] != "n/a")
+    assert out["next_action"]["outcome"] == "ties" and not out["next_action"]["beats_baselines"]
+    assert out["purchase"]["outcome"] == "loses" and out["purchase"]["best_baseline"] == "logistic_regression"
+    assert out["churn"]["outcome"] == "n/a" and not out["churn"]["beats_baselines"]  # no labelled rows: undefined, not a loss
+
+
+def test_summary_rows_show_intervals_and_outcome():
+    from jobs.run import comparison_rows, format_summary
+
+    rows = [MetricRow("next_item", "ndcg", 10, "model", 0.3, 5, 0.25, 0.35), MetricRow("next_item", "ndcg", 10, "markov", 0.2, 5, 0.15, 0.24)]
+    with_ci = compare(rows, [10], [Difference("next_item", "ndcg", 10, "markov", 0.1, 0.04, 0.16)])
+    assert comparison_rows({"comparison": with_ci}) == [
+        ["next_item", "ndcg@10", "0.3000 [0.2500, 0.3500]", "markov 0.2000 [0.1500, 0.2400]", "+0.1000 [+0.0400, +0.1600]", "yes", "beats"]
+    ]
+    point = compare([MetricRow("next_item", "ndcg", 10, "model", 0.3, 5), MetricRow("next_item", "ndcg", 10, "markov", 0.2, 5)], [10])
+    assert comparison_rows({"comparison": point})[0][2:] == ["0.3000", "markov 0.2000", "+0.1000", "yes", "beats (no interval)"]
+    text = format_summary({
+        "stages": [{"stage": "evaluate", "seconds": 1.0, "skipped": False}], "seconds": 1.0, "data_root": "/d", "tables": [],
+        "evaluation": {"split": "test", "report_path": "/d/r.md", "comparison": with_ci}, "results": {}, "checkpoint_dir": "/d/c",
+        "mlflow": {"tracking_uri": "file:/d/m", "experiment": "shopseq"},
+    })  # fmt: skip
+    assert (
+        "task       metric   model                    baselines                       model - best baseline       beats baselines  outcome\n"
+        "---------  -------  -----------------------  ------------------------------  --------------------------  ---------------  -------\n"
+        "next_item  ndcg@10  0.3000 [0.2500, 0.3500]  markov 0.2000 [0.1500, 0.2400]  +0.1000 [+0.0400, +0.1600]  yes              beats\n"
+    ) in text
 
 
 # --------------------------------------------------------------------------- baselines
@@ -112,13 +317,36 @@ def test_fit_baselines_counts_each_train_event_and_transition_once():
     b = fit_baselines(_train_tensors(), n_items=5, n_event_types=5)
     # user 10 positions 0..3 = 2,3,4,2 (position 2 is a label and a window slot); user 20: 3,4; user 30: OOV,2,3
     assert b.item_counts.tolist() == [0, 0, 3, 3, 2]
-    dense = b.transitions.toarray()
     expected = np.zeros((5, 5))
     expected[2, 3], expected[3, 4], expected[4, 2] = 2, 2, 1  # 10: 2>3, 3>4, 4>2; 20: 3>4; 30: 2>3 (OOV>2 left out)
-    assert (dense == expected).all()
+    assert (b.transitions.toarray() == expected).all()
+    # at the labelled cutoffs: 10 (last 3 -> 4), 20 (last 3 -> 4), 30 (last 2 -> 3)
+    at_cutoffs = np.zeros((5, 5))
+    at_cutoffs[3, 4], at_cutoffs[2, 3] = 2, 1
+    assert (b.cutoff_transitions.toarray() == at_cutoffs).all()
     # next event types at the labelled cutoffs: (last 2 -> 3), (2 -> 3), (3 -> 2)
     assert b.action_counts.tolist() == [0, 0, 1, 2, 0]
     assert b.action_transitions[2].tolist() == [0, 0, 0, 2, 0] and b.action_transitions[3].tolist() == [0, 0, 1, 0, 0]
+
+
+def test_markov_is_fitted_at_cutoffs_and_backs_off():
+    """One user, events 2,3,2,3 then the labelled next item 4 at the cutoff: consecutive steps say 3 -> 2 as often as
+    3 -> 4, the cutoff says 3 -> 4; item 2 was never last at a cutoff (back-off to consecutive steps: 2 -> 3)."""
+    train = {
+        "item_idx_seq": torch.tensor([[2, 3, 2, 3]]), "event_type_idx_seq": torch.tensor([[2, 2, 2, 2]]),
+        "frequency": torch.tensor([4]), "user_key": torch.tensor([1]),
+        "next_item_idx": torch.tensor([4]), "next_event_type_idx": torch.tensor([2]), "next_label_mask": torch.tensor([1]),
+    }  # fmt: skip
+    b = fit_baselines(train, n_items=6, n_event_types=3)
+    tb = [0, 0, 2 / 6, 2 / 6, 1 / 6, 0]  # counts 2, 2, 1 over 5 events + 1
+    got = markov_scores(b, torch.tensor([3, 2, 5, 1]))
+    expected = torch.tensor([
+        [0, 0, tb[2], tb[3], 1 + tb[4], 0],  # at a cutoff: only 3 -> 4 counts
+        [0, 0, tb[2], 2 + tb[3], tb[4], 0],  # never last at a cutoff: 2 -> 3 twice among consecutive events
+        tb,  # never followed: popularity
+        tb,  # OOV: popularity
+    ], dtype=torch.float64)  # fmt: skip
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
 
 
 def test_item_baseline_scores_and_ranks():
@@ -127,10 +355,16 @@ def test_item_baseline_scores_and_ranks():
     assert torch.allclose(markov_scores(b, torch.tensor([3, 1])), torch.tensor([[0, 0, tb[2], tb[3], 2 + tb[4]], tb], dtype=torch.float64))
     assert torch.allclose(repeat_last_scores(b, torch.tensor([4, 1])), torch.tensor([[0, 0, tb[2], tb[3], 1 + tb[4]], tb], dtype=torch.float64))
     target, mask = torch.tensor([4, 2, 3, 2]), torch.ones(4, dtype=torch.long)
-    last = torch.tensor([3, 3, 4, 1])  # OOV last item: popularity only
-    assert ranks_in_batches(lambda r: popularity_scores(b, len(target[r])), target, mask).tolist() == [2, 0, 0, 0]
-    assert ranks_in_batches(lambda r: markov_scores(b, last[r]), target, mask).tolist() == [0, 1, 1, 0]
-    assert ranks_in_batches(lambda r: repeat_last_scores(b, last[r]), target, mask).tolist() == [2, 1, 1, 0]
+    last = torch.tensor([3, 3, 4, 1])  # 4: never last at a train cutoff (back-off: 4 -> 2); OOV last item: popularity only
+
+    def ranks(score_rows):
+        r = ranks_in_batches(score_rows, target, mask)
+        return r.above.tolist(), r.tied.tolist()
+
+    # items 2 and 3 are equally popular: a target among them is tied with the other one
+    assert ranks(lambda r: popularity_scores(b, len(target[r]))) == ([2, 0, 0, 0], [0, 1, 1, 1])
+    assert ranks(lambda r: markov_scores(b, last[r])) == ([0, 1, 1, 0], [0, 1, 0, 1])
+    assert ranks(lambda r: repeat_last_scores(b, last[r])) == ([2, 1, 1, 0], [0, 0, 1, 1])
 
 
 def test_last_item_and_type_and_action_baselines():
@@ -160,21 +394,55 @@ def test_profile_logistic_regression_uses_only_labelled_rows():
     assert np.allclose(got, [[(1 - z.mean()) / z.std(), 1.0, 0.0], [(0 - z.mean()) / z.std(), 0.0, 1.0]], rtol=0, atol=1e-12)
     single = fit_profile_baseline(x, np.array([0, 0, 0, 0, 0, 1, -100, -100]), np.array([1, 1, 1, 1, 1, 0, 0, 0]), 1, 1)
     assert single.pipeline is None and single.predict_proba(x).tolist() == [0.0] * 8
+    # The summary columns (after the embedded ones) are standardised as they are, not log-transformed.
+    xs = np.hstack([x, np.array([[4.0], [0], [4], [0], [4], [0], [9], [9]])])
+    with_summary = fit_profile_baseline(xs, y, mask, n_numeric=1, n_embedded=1, n_summary=1)
+    assert np.allclose(with_summary.pipeline[0].transform(xs[:2])[:, -1], [1.0, -1.0], rtol=0, atol=1e-12)  # type: ignore[index]
 
 
-def test_compare_outcomes():
-    rows = [
-        MetricRow("next_item", "ndcg", 10, "model", 0.3, 5), MetricRow("next_item", "ndcg", 10, "markov", 0.2, 5),
-        MetricRow("next_item", "ndcg", 10, "most_popular", 0.1, 5), MetricRow("next_item", "ndcg", 5, "most_popular", 0.9, 5),
-        MetricRow("next_action", "macro_f1", None, "model", 1.0, 5), MetricRow("next_action", "macro_f1", None, "markov", 1.0, 5),
-        MetricRow("purchase", "roc_auc", None, "model", 0.6, 5), MetricRow("purchase", "roc_auc", None, "logistic_regression", 0.7, 5),
-        MetricRow("churn", "roc_auc", None, "model", math.nan, 0), MetricRow("churn", "roc_auc", None, "logistic_regression", math.nan, 0),
-    ]  # fmt: skip
-    out = {c["task"]: c for c in compare(rows, [5, 10])}
-    assert out["next_item"]["metric"] == "ndcg@10" and out["next_item"]["outcome"] == "beats" and out["next_item"]["best_baseline"] == "markov"
-    assert out["next_action"]["outcome"] == "ties" and not out["next_action"]["beats_baselines"]
-    assert out["purchase"]["outcome"] == "loses" and out["purchase"]["best_baseline"] == "logistic_regression"
-    assert out["churn"]["outcome"] == "n/a" and not out["churn"]["beats_baselines"]  # no labelled rows: undefined, not a loss
+def test_lightgbm_baseline_fixed_parameters_and_labelled_rows_only():
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.random(400) * 10, rng.integers(0, 3, 400), rng.random(400)])
+    y = ((x[:, 0] > 5) ^ (x[:, 1] == 2)).astype(np.int64)  # a threshold crossed with a category: needs a tree
+    mask = np.ones(400, dtype=np.int64)
+    mask[-50:] = 0
+    y[-50:] = -100
+    gbm = fit_profile_baseline(x, y, mask, n_numeric=1, n_embedded=1, n_summary=1, kind="lightgbm")
+    params = gbm.pipeline.get_params()  # type: ignore[attr-defined]
+    assert {k: params[k] for k in ("n_estimators", "num_leaves", "learning_rate", "min_child_samples", "random_state")} == {
+        "n_estimators": 200, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 20, "random_state": 0
+    } and LIGHTGBM_PARAMS["n_estimators"] == 200  # fmt: skip
+    assert gbm.n_train == 350
+    test = np.array([[2.0, 0, 0.5], [8.0, 0, 0.5], [2.0, 2, 0.5], [8.0, 2, 0.5]])
+    assert (gbm.predict_proba(test).round() == [0, 1, 1, 0]).all()
+    with pytest.raises(ValueError, match="unknown profile baseline 'xgb'"):
+        fit_profile_baseline(x, y, mask, 1, 1, kind="xgb")
+
+
+def test_baseline_features_are_the_profiles_plus_the_models_window_summary():
+    schema = {
+        "columns": [
+            {"name": "item_idx_seq", "role": "sequence", "shape": [4], "embedding": "item"},
+            {"name": "event_type_idx_seq", "role": "sequence", "shape": [4], "embedding": "event_type"},
+            {"name": "dt_bucket_seq", "role": "sequence", "shape": [4], "embedding": "dt_bucket"},
+            {"name": "session_start_seq", "role": "sequence", "shape": [4], "embedding": "session_start"},
+            {"name": "frequency", "role": "profile", "shape": []},
+            {"name": "top_category_idx", "role": "profile", "shape": [], "embedding": "category"},
+        ],
+        "embedding_sizes": {"item": 8, "event_type": 4, "dt_bucket": 5, "session_start": 2, "category": 3},
+        "max_len": 4,
+    }
+    data = {
+        "item_idx_seq": torch.tensor([[0, 5, 6, 7]]), "event_type_idx_seq": torch.tensor([[0, 2, 3, 2]]),
+        "dt_bucket_seq": torch.tensor([[0, 3, 1, 2]]), "session_start_seq": torch.tensor([[0, 1, 0, 1]]),
+        "frequency": torch.tensor([12]), "top_category_idx": torch.tensor([2]),
+    }  # fmt: skip
+    x, n_numeric, n_embedded, n_summary = baseline_features(data, schema)
+    assert (n_numeric, n_embedded, n_summary) == (1, 1, 9)
+    # sessions start at positions 1 and 3: last one 1 event, the one before 2; gap buckets 2/4 and 3/4; 2 sessions;
+    # event-type shares 0, 0, 2/3, 1/3
+    expected = [12, 2, math.log(2), math.log(3), 0.5, 0.75, math.log(3), 0, 0, 2 / 3, 1 / 3]
+    assert x.shape == (1, 11) and np.allclose(x[0], expected, rtol=0, atol=1e-6)
 
 
 def test_sequence_baselines_tie_break_below_one():
@@ -185,15 +453,16 @@ def test_sequence_baselines_tie_break_below_one():
 # --------------------------------------------------------------------------- shopseq evaluate on the trained fixture
 
 METHODS = {
-    "next_item": ("model", "most_popular", "markov", "repeat_last"),
+    "next_item": ("model", "most_popular", "markov", "repeat_last", "recent_pop", "reconsume", "item_knn", "sr", "vsknn"),
     "next_action": ("model", "most_popular", "markov", "repeat_last"),
-    "purchase": ("model", "logistic_regression"),
-    "churn": ("model", "logistic_regression"),
+    "purchase": ("model", "logistic_regression", "lightgbm"),
+    "churn": ("model", "logistic_regression", "lightgbm"),
 }
 
 
 def _expected_keys(ks: list[int]) -> set[tuple]:
     keys = {("next_item", m, k, method) for m in ("hr", "ndcg", "mrr") for k in ks for method in METHODS["next_item"]}
+    keys |= {("next_item", "oov_share", None, method) for method in METHODS["next_item"]}
     keys |= {("next_action", m, None, method) for m in ("accuracy", "macro_f1") for method in METHODS["next_action"]}
     keys |= {(t, m, None, method) for t in ("purchase", "churn") for m in ("roc_auc", "pr_auc", "log_loss", "ece") for method in METHODS[t]}
     return keys
@@ -227,11 +496,11 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     assert {(r["task"], r["metric"], r["k"], r["method"]) for r in rows} == _expected_keys(ks)
     assert len(rows) == len(_expected_keys(ks)) == tables.read("metrics").count()
 
-    # n_examples: exactly the observed labels of gold_test (next item: a real, in-vocabulary target)
+    # n_examples: exactly the observed labels of gold_test (next item: every labelled row, an OOV target is a miss)
     schema = load_schema(cfg)
     data = load_tensors(tables.files("gold_test"), model_columns(schema))
     masked = {
-        "next_item": int(((data["next_label_mask"] == 1) & (data["next_item_idx"] >= 2)).sum()),
+        "next_item": int(data["next_label_mask"].sum()),
         "next_action": int(data["next_label_mask"].sum()),
         "purchase": int(data["purchase_label_mask"].sum()),
         "churn": int(data["churn_label_mask"].sum()),
@@ -239,12 +508,27 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     assert all(n > 0 for n in masked.values()), masked
     for r in rows:
         assert r["n_examples"] == masked[r["task"]], r
-        assert r["value"] is not None, r
-        assert (r["value"] >= 0) if r["metric"] == "log_loss" else (0.0 <= r["value"] <= 1.0), r
+        assert r["value"] is not None and r["ci_low"] is not None and r["ci_high"] is not None, r
+        for v in (r["value"], r["ci_low"], r["ci_high"]):
+            assert (v >= 0) if r["metric"] == "log_loss" else (0.0 <= v <= 1.0), r
+        assert r["ci_low"] <= r["ci_high"], r
         assert r["split"] == "test" and r["split_protocol"] == "temporal" and r["gold_table"] == "gold_test"
         assert r["gold_version"] == tables.version("gold_test") and r["gold_train_version"] == tables.version("gold_train")
         assert r["model_version"] == evaluated["model_version"] and r["checkpoint"].endswith("best.pt")
     assert evaluated["model_version"] == f"{trained.train['mlflow_run_id']}-e{evaluated['checkpoint_epoch']:04d}"
+
+    # The per-row ranks beside the report reproduce the stored HR@10 of every next-item method (peer comparisons pair with them).
+    import numpy as np
+
+    from jobs.evaluate import RANKS_FILE
+
+    saved = np.load(os.path.join(evaluated["report_dir"], RANKS_FILE))
+    assert len(saved["user_key"]) == masked["next_item"]
+    for method in METHODS["next_item"]:
+        above, tied, ok = saved[f"{method}.above"], saved[f"{method}.tied"], saved[f"{method}.in_vocab"]
+        hr10 = np.where(ok, np.clip((10 - above) / (tied + 1.0), 0.0, 1.0), 0.0).mean()
+        stored = next(r["value"] for r in rows if (r["task"], r["metric"], r["k"], r["method"]) == ("next_item", "hr", 10, method))
+        assert hr10 == pytest.approx(stored, abs=1e-12), method
 
     # The model's numbers agree with the training metric code run independently on the same checkpoint.
     model, _ = load_model(os.path.join(trained.train["checkpoint_dir"], "best.pt"))
@@ -254,6 +538,11 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     assert n == masked["next_item"]
     assert value[("next_item", "hr", 10, "model")] == pytest.approx(hits / n, abs=1e-9)
     assert value[("next_item", "ndcg", 10, "model")] == pytest.approx(ndcg / n, abs=1e-6)
+    n_oov = int(((data["next_label_mask"] == 1) & (data["next_item_idx"] < 2)).sum())
+    for method in METHODS["next_item"]:
+        assert value[("next_item", "oov_share", None, method)] == pytest.approx(n_oov / n, abs=1e-12)
+    assert evaluated["oov_share"] == pytest.approx(n_oov / n, abs=1e-12)
+    assert evaluated["bootstrap"]["samples"] == cfg.evaluate.bootstrap_samples == 1000
     # HR is monotone in K
     for method in METHODS["next_item"]:
         hr = [value[("next_item", "hr", k, method)] for k in sorted(ks)]
@@ -268,9 +557,16 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
             with open(path, "rb") as fh:
                 assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     text = open(evaluated["report_path"]).read()
-    assert "![metric@K](metric_at_k.png)" in text and "logistic_regression" in text
+    assert "![metric@K](metric_at_k.png)" in text and "![model vs baselines](model_vs_baselines.png)" in text
+    assert "lightgbm" in text and "OOV share" in text and "percentile bootstrap over users (1000 resamples" in text
     assert {c["task"] for c in evaluated["comparison"]} == set(METHODS)
     for c in evaluated["comparison"]:
+        assert c["interval"] == "bootstrap" and [b["name"] for b in c["baselines"]] == list(METHODS[c["task"]][1:])
+        for b in c["baselines"]:
+            assert b["diff"] == pytest.approx(c["model"] - b["value"], abs=1e-12) and b["diff_low"] <= b["diff_high"]
+            assert b["verdict"] == ("better" if b["diff_low"] > 0 else "worse" if b["diff_high"] < 0 else "tie")
+        verdicts = {b["verdict"] for b in c["baselines"]}
+        assert c["outcome"] == ("loses" if "worse" in verdicts else "beats" if verdicts == {"better"} else "ties")
         print(c["task"], c["metric"], c["model"], c["baselines"], c["outcome"])  # shown with -s: the numbers behind the summary
 
 
@@ -309,3 +605,30 @@ def test_cli_missing_checkpoint_is_a_one_line_error(trained, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("shopseq evaluate: error: no checkpoint at ") and err[-1].endswith("nope.pt: run `shopseq train` first (or set evaluate.checkpoint)")
+
+
+def test_metrics_table_from_before_intervals_gains_the_columns(tables):
+    from datetime import datetime, timezone
+
+    from pyspark.sql import types as T
+
+    from jobs.evaluate import METRICS_SCHEMA, METRICS_TABLE, _write_metrics
+
+    old_schema = T.StructType([f for f in METRICS_SCHEMA.fields if f.name not in ("ci_low", "ci_high")])
+    at = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    lineage = {
+        "evaluation_id": "old", "split": "test", "split_protocol": "temporal", "model_version": "m-e0001", "gold_table": "gold_test",
+        "gold_version": 3, "gold_train_version": 2, "vocab_version": "v", "checkpoint": "/c/best.pt", "checkpoint_epoch": 1, "mlflow_run_id": None,
+    }  # fmt: skip
+    row = {**lineage, "evaluated_at": at, "task": "next_item", "metric": "hr", "k": 10, "method": "model", "value": 0.5, "n_examples": 4}
+    tables.overwrite_partitions(METRICS_TABLE, tables.spark.createDataFrame([tuple(row[f.name] for f in old_schema.fields)], old_schema), ["evaluation_id"])
+    new = {"task": "next_item", "metric": "hr", "k": 10, "method": "model", "value": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n_examples": 8}
+    written, _ = _write_metrics(tables, {**lineage, "evaluation_id": "new"}, [new], at)
+    assert written
+    got = {r["evaluation_id"]: r.asDict() for r in tables.read(METRICS_TABLE).collect()}
+    assert [f.name for f in tables.read(METRICS_TABLE).schema.fields] == [f.name for f in METRICS_SCHEMA.fields]
+    assert (got["old"]["value"], got["old"]["ci_low"], got["old"]["ci_high"]) == (0.5, None, None)
+    assert (got["new"]["value"], got["new"]["ci_low"], got["new"]["ci_high"]) == (0.25, 0.1, 0.4)
+    version = tables.version(METRICS_TABLE)
+    assert _write_metrics(tables, {**lineage, "evaluation_id": "new"}, [new], at) == (False, version)  # same rows and intervals: nothing written
+    assert _write_metrics(tables, {**lineage, "evaluation_id": "new"}, [{**new, "ci_high": 0.45}], at)[0]  # a changed interval is a change

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.model import MultiTaskModel, ModelConfig, masked_bce, next_item_loss, next_targets, window_summary, window_summary_size
+from training.model import MultiTaskModel, ModelConfig, masked_bce, next_item_loss, next_targets, window_scores, window_scores_at, window_summary, window_summary_size
 
 
 SEQ = {"item_idx_seq": "item", "category_idx_seq": "category", "event_type_idx_seq": "event_type", "hour_seq": "hour", "price_seq": None}
@@ -110,3 +110,85 @@ def test_losses_mask_censored_and_sampled_softmax_is_finite():
     # Only the first two rows count: the third is censored, whatever its label.
     assert masked_bce(logit, torch.tensor([1, 0, 0]), torch.tensor([1, 1, 0])).item() == pytest.approx(4.54e-5, rel=1e-2)
     assert masked_bce(logit, torch.tensor([1, 0, 1]), torch.tensor([0, 0, 0])).item() == 0.0
+
+
+def _repeat_model(repeat: str = "recency_type", inputs: tuple[str, ...] | None = None) -> MultiTaskModel:
+    torch.manual_seed(0)
+    sizes = {"item": 10, "category": 5, "event_type": 6, "hour": 25}
+    cfg = ModelConfig(embedding_sizes=sizes, sequence_features=SEQ, max_len=5, n_event_types=6, dim=16, heads=2, dropout=0.0, repeat=repeat, inputs=inputs)
+    model = MultiTaskModel(cfg).eval()
+    if model.repeat is None:
+        return model
+    with torch.no_grad():  # w[age, type] = 10 * (age + 1) + type: every (recency, type) pair has its own value
+        ages = torch.arange(5, dtype=torch.float).unsqueeze(1)
+        model.repeat.weight.copy_(10 * (ages + 1) + torch.arange(model.repeat.weight.shape[1]).float() if repeat == "recency_type" else 10 * (ages + 1))
+    return model
+
+
+def test_repeat_bias_adds_the_learned_weight_to_window_items_only():
+    """Item 3 at ages 3 (type 2) and 1 (type 4), item 5 at age 0 (type 3); OOV (1) and padding (0) get nothing."""
+    model = _repeat_model()
+    batch = _batch([[0, 3, 1, 3, 5], [7, 8, 0, 0, 0]])  # left padded; right padded
+    batch["event_type_idx_seq"] = torch.tensor([[0, 2, 2, 4, 3], [5, 2, 0, 0, 0]])
+    out = model(batch)
+    bias = model.item_scores(out["hidden_last"], batch["item_idx_seq"], out["repeat_last"]) - model.item_scores(out["hidden_last"])
+    expected = torch.zeros(2, 10)
+    expected[0, 3] = (10 * 4 + 2) + (10 * 2 + 4)
+    expected[0, 5] = 10 * 1 + 3
+    expected[1, 8] = 10 * 1 + 2  # right padding: the last valid position (1) is the query
+    expected[1, 7] = 10 * 2 + 5
+    torch.testing.assert_close(bias, expected)
+    plain = _repeat_model("recency")
+    out = plain(batch)
+    assert out["repeat_last"][0].tolist() == [0.0, 40.0, 0.0, 20.0, 10.0]  # one weight per recency, OOV and padding 0
+
+
+def test_repeat_bias_is_causal_at_every_position():
+    """Seen from position t, only positions <= t count; editing the future changes nothing at t."""
+    model = _repeat_model("recency")
+    batch = _batch([[0, 3, 4, 3, 5]])
+    w = model.repeat_weights(batch)[0]  # [query t, window p]
+    expected = torch.tensor([[0, 0, 0, 0, 0], [0, 10, 0, 0, 0], [0, 20, 10, 0, 0], [0, 30, 20, 10, 0], [0, 40, 30, 20, 10]], dtype=torch.float)
+    torch.testing.assert_close(w, expected)
+    future = _batch([[0, 3, 4, 3, 9]])
+    targets = torch.tensor([[0, 4, 3, 5, 6]])
+    for t in range(1, 4):
+        mask = torch.zeros(1, 5, dtype=torch.bool)
+        mask[0, t] = True
+        losses = []
+        for b in (batch, future):
+            out = model(b)
+            losses.append(next_item_loss(model, out["hidden"], targets, mask, items=b["item_idx_seq"], repeat=model.repeat_weights(b)))
+        torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_window_scores_at_matches_the_catalogue_row():
+    torch.manual_seed(3)
+    items = torch.randint(0, 12, (6, 7))
+    weights = torch.randn(6, 7)
+    cand = torch.randint(0, 12, (6, 9))
+    torch.testing.assert_close(window_scores_at(items, weights, cand), window_scores(items, weights, 12).gather(1, cand))
+
+
+def test_sampled_softmax_sees_the_repeat_bias_and_trains_it():
+    model = _repeat_model("recency")
+    batch = _batch([[0, 3, 4, 3, 5], [6, 7, 8, 6, 2]])
+    out = model(batch)
+    targets, mask = next_targets(batch["item_idx_seq"], torch.tensor([3, 6]), torch.tensor([1, 1]))
+    log_q = torch.log(torch.full((10,), 0.1))
+    torch.manual_seed(1)
+    loss = next_item_loss(model, out["hidden"], targets, mask, 5, log_q, batch["item_idx_seq"], model.repeat_weights(batch))
+    loss.backward()
+    assert torch.isfinite(loss) and model.repeat.weight.grad is not None and model.repeat.weight.grad.abs().sum() > 0
+
+
+def test_encoder_reads_only_its_inputs():
+    """inputs=(event types,): hour and price under valid positions no longer change the states."""
+    model = _repeat_model("none", inputs=("event_type_idx_seq",))
+    batch = _batch([[0, 3, 4, 3, 5]])
+    other = {k: v.clone() for k, v in batch.items()}
+    other["hour_seq"][0, 2:] = 7
+    other["price_seq"][0, 2:] = 3.0
+    torch.testing.assert_close(model(batch)["hidden"], model(other)["hidden"])
+    other["event_type_idx_seq"][0, 2:] = 4
+    assert not torch.allclose(model(batch)["hidden"], model(other)["hidden"])

@@ -113,7 +113,7 @@ def test_dataset_layer_sits_between_env_and_set(tmp_path):
 
     layer = dataset_layer(str(REPO / "conf"), "taobao")
     assert layer == REPO / "conf" / "datasets" / "taobao.yaml"
-    assert dataset_layer(str(REPO / "conf"), "rees46") is None and dataset_layer(str(REPO / "conf"), None) is None
+    assert dataset_layer(str(REPO / "conf"), "retailrocket") is None and dataset_layer(str(REPO / "conf"), None) is None
     cfg = load_config("local", REPO / "conf", ["features.val_end=2017-12-01"], [layer])
     fc = cfg.features
     assert (cfg.app.data_root, fc.train_end, fc.val_end, fc.purchase_horizon_days, fc.churn_horizon_days) == ("shopseq-data/taobao", "2017-11-30", "2017-12-01", 1.0, 1.0)

@@ -19,13 +19,14 @@ def load_model(path: str, device: str = "cpu") -> tuple[MultiTaskModel, dict[str
 
 @torch.no_grad()
 def predict_tensors(model: MultiTaskModel, data: dict[str, torch.Tensor], batch_size: int = 1024) -> dict[str, torch.Tensor]:
-    """Last-position outputs for every row: ``hidden_last``, purchase/churn probabilities, action probabilities."""
+    """Last-position outputs for every row: ``hidden_last``, ``repeat_last``, purchase/churn probabilities, action probabilities."""
     n = len(next(iter(data.values())))
-    parts: dict[str, list[torch.Tensor]] = {"hidden_last": [], "purchase": [], "churn": [], "action": []}
+    parts: dict[str, list[torch.Tensor]] = {"hidden_last": [], "repeat_last": [], "purchase": [], "churn": [], "action": []}
     for start in range(0, n, batch_size):
         batch = {k: v[start : start + batch_size] for k, v in data.items()}
         out = model(batch)
         parts["hidden_last"].append(out["hidden_last"])
+        parts["repeat_last"].append(out["repeat_last"])  # the repeat bias of the last position's window (zeros without one)
         parts["purchase"].append(torch.sigmoid(out["purchase_logit"]))
         parts["churn"].append(torch.sigmoid(out["churn_logit"]))
         parts["action"].append(torch.softmax(out["action_logits"], dim=-1))

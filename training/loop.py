@@ -37,6 +37,8 @@ class TrainParams:
     lr_schedule: str = "cosine"  # "cosine": per step from the peak (lr) down to 0 at the last epoch's end | "constant"
     loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5})
     num_negatives: int = 0  # 0: full softmax; > 0: sampled softmax with log-Q correction
+    next_item_positions: str = "all"  # "all": every window position learns its next item | "last": the cutoff's label only
+    repeat_lr_scale: float = 1.0  # the repeat bias's learning rate relative to lr
     item_counts: list[int] | None = None  # item frequencies (index order) for the sampled softmax proposal
     seed: int = 7
     resume: bool = True
@@ -89,7 +91,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
 
     from training.data import load_tensors, model_columns, petastorm_batches, shard_files, steps_per_epoch, tensor_batches
     from training.metrics import batch_ranking_sums, roc_auc
-    from training.model import ITEM_FEATURE, ModelConfig, MultiTaskModel, masked_bce, next_item_loss, next_targets
+    from training.model import ITEM_FEATURE, ModelConfig, MultiTaskModel, last_valid_index, masked_bce, next_item_loss, next_targets
 
     hvd = _init_horovod(params.distributed)
     rank, size = (hvd.rank(), hvd.size()) if hvd else (0, 1)
@@ -113,9 +115,11 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     # Distributed only: the learning rate scales with the number of ranks (the global batch grows with it).
     # Wide & deep: the linear wide parts get their own, larger step (rare churn positives move them slowly).
     wide = {id(p) for p in model.wide_parameters()}
+    rep = {id(p) for p in model.repeat.parameters()} if model.repeat is not None else set()
     groups = [
-        {"params": [p for p in model.parameters() if id(p) not in wide]},
+        {"params": [p for p in model.parameters() if id(p) not in wide and id(p) not in rep]},
         {"params": [p for p in model.parameters() if id(p) in wide], "lr": params.lr * size * params.wide_lr_scale},
+        {"params": [p for p in model.parameters() if id(p) in rep], "lr": params.lr * size * params.repeat_lr_scale},
     ]
     optimizer: Any = torch.optim.AdamW(groups, lr=params.lr * size, weight_decay=params.weight_decay)
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -153,10 +157,14 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             out = model(batch)
         hidden = out["hidden"].float()
-        t_item, m_item = next_targets(batch[ITEM_FEATURE].long(), batch["next_item_idx"].long(), batch["next_label_mask"])
+        items = batch[ITEM_FEATURE].long()
+        t_item, m_item = next_targets(items, batch["next_item_idx"].long(), batch["next_label_mask"])
+        if params.next_item_positions == "last":
+            m_item = m_item & (torch.arange(items.shape[1], device=items.device) == last_valid_index(items).unsqueeze(1))
+        repeat = model.repeat_weights(batch) if model.repeat is not None else None
         t_act, m_act = batch["next_event_type_idx"].long(), batch["next_label_mask"].bool()  # the cutoff's next event type
         parts = {
-            "next_item": next_item_loss(model, hidden, t_item, m_item, params.num_negatives, log_q),
+            "next_item": next_item_loss(model, hidden, t_item, m_item, params.num_negatives, log_q, items, repeat),
             "next_action": torch.nn.functional.cross_entropy(out["action_logits"].float()[m_act], t_act[m_act]) if m_act.any() else hidden.sum() * 0,
             "purchase": masked_bce(out["purchase_logit"].float(), batch["purchase_label"], batch["purchase_label_mask"]),
             "churn": masked_bce(out["churn_logit"].float(), batch["churn_label"], batch["churn_label_mask"]),
@@ -263,6 +271,7 @@ def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, si
     import torch
 
     from training.data import petastorm_batches
+    from training.model import ITEM_FEATURE
 
     if not params.val_files:
         return {}
@@ -274,7 +283,8 @@ def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, si
         for batch in petastorm_batches(params.val_files, columns, params.batch_size, rank, size, params.seed, None, False, params.workers, True):
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(batch)
-            sums += ranking(model.item_scores(out["hidden_last"].float()), batch["next_item_idx"], batch["next_label_mask"], k=10)
+            item_scores = model.item_scores(out["hidden_last"].float(), batch[ITEM_FEATURE], out["repeat_last"])
+            sums += ranking(item_scores, batch["next_item_idx"], batch["next_label_mask"], k=10)
             for task in ("purchase", "churn"):
                 m = batch[f"{task}_label_mask"].bool()
                 scores[task].append(torch.sigmoid(out[f"{task}_logit"].float()[m]).cpu().numpy())

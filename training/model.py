@@ -38,6 +38,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 ITEM_FEATURE = "item_idx_seq"  # the sequence whose embedding table also scores next items (tied weights)
+TYPE_FEATURE = "event_type_idx_seq"  # the event types that key the repeat bias (repeat: recency_type)
+FIRST_ITEM = 2  # item indexes: 0 padding, 1 out-of-vocabulary (features.vocab); never given a repeat bias
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class ModelConfig:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.1
+    repeat: Literal["none", "recency", "recency_type"] = "none"  # learned re-consumption bias (see RepeatBias)
+    inputs: tuple[str, ...] | None = None  # sequence features the encoder reads (None = all; the item sequence always)
+    embedding_init_std: float | None = None  # None: PyTorch's N(0, 1); else N(0, std) for every embedding table
 
     @classmethod
     def from_schema(cls, schema: dict, **train: object) -> "ModelConfig":
@@ -77,7 +82,13 @@ class SequenceEncoder(nn.Module):
         self.cfg = cfg
         d = cfg.dim
         self.tables = nn.ModuleDict({name: nn.Embedding(size, d, padding_idx=0) for name, size in cfg.embedding_sizes.items()})
-        self.numeric = nn.ModuleDict({col.replace(".", "_"): nn.Linear(1, d) for col, emb in cfg.sequence_features.items() if emb is None})
+        if cfg.embedding_init_std is not None:
+            for table in self.tables.values():
+                nn.init.normal_(table.weight, 0.0, cfg.embedding_init_std)
+                with torch.no_grad():
+                    table.weight[0].zero_()
+        self.read = {col: emb for col, emb in cfg.sequence_features.items() if cfg.inputs is None or col == ITEM_FEATURE or col in cfg.inputs}
+        self.numeric = nn.ModuleDict({col.replace(".", "_"): nn.Linear(1, d) for col, emb in self.read.items() if emb is None})
         self.position = nn.Embedding(cfg.max_len, d)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
@@ -96,7 +107,7 @@ class SequenceEncoder(nn.Module):
         valid = item != 0
         L = item.shape[1]
         x = self.position(torch.arange(L, device=item.device)).unsqueeze(0)
-        for col, emb in self.cfg.sequence_features.items():
+        for col, emb in self.read.items():
             if emb is None:
                 x = x + self.numeric[col.replace(".", "_")](batch[col].float().unsqueeze(-1))
             else:
@@ -108,6 +119,39 @@ class SequenceEncoder(nn.Module):
         else:
             out = self.body(x, mask=attention_mask(valid, self.cfg.heads))
         return out * valid.unsqueeze(-1)
+
+
+class RepeatBias(nn.Module):
+    """Learned re-consumption scores: what the model adds to the items already in the window.
+
+    Seen from query position ``t``, window position ``p <= t`` holding a real
+    item (index >= 2) gets the weight ``w[t - p, type_p]``: one parameter per
+    recency (0 = the event at ``t`` itself) and, with ``by_type``, per event
+    type of that event (one column otherwise). An item's repeat score is the
+    sum over the positions that hold it (:func:`window_scores`), so it grows
+    with how often and how recently the user touched it: a learned
+    recency-weighted re-consumption baseline (cf. RepeatNet, Ren et al. 2019)
+    that the softmax contains as a special case. Padding, OOV and positions
+    after ``t`` (the future) get exactly 0. Zero-initialised: training starts
+    from the plain dot-product scores.
+    """
+
+    def __init__(self, max_len: int, n_event_types: int, by_type: bool) -> None:
+        super().__init__()
+        self.by_type = by_type
+        self.weight = nn.Parameter(torch.zeros(max_len, n_event_types if by_type else 1))
+
+    def forward(self, items: Tensor, types: Tensor | None, query: Tensor) -> Tensor:
+        """``[B, Q, L]`` weight of each window position as seen from query positions ``query [B, Q]``."""
+        L = items.shape[1]
+        age = query.unsqueeze(-1) - torch.arange(L, device=items.device)  # [B, Q, L]
+        ok = (age >= 0) & (items >= FIRST_ITEM).unsqueeze(1)
+        if self.by_type and types is not None:
+            col = types.long().clamp(0, self.weight.shape[1] - 1).unsqueeze(1).expand_as(age)
+        else:
+            col = torch.zeros_like(age)
+        w = self.weight[age.clamp(0, self.weight.shape[0] - 1), col]
+        return torch.where(ok, w, torch.zeros_like(w))
 
 
 class MultiTaskModel(nn.Module):
@@ -138,6 +182,7 @@ class MultiTaskModel(nn.Module):
         n_wide = len(self.profile_numeric) + self.n_summary
         self.purchase_wide = nn.Linear(n_wide, 1) if n_wide else None
         self.churn_wide = nn.Linear(n_wide, 1) if n_wide else None
+        self.repeat = RepeatBias(cfg.max_len, cfg.n_event_types, cfg.repeat == "recency_type") if cfg.repeat != "none" else None
 
     def wide_parameters(self) -> list[nn.Parameter]:
         """The wide parts' parameters (their own learning rate: ``train.wide_lr_scale``)."""
@@ -179,11 +224,33 @@ class MultiTaskModel(nn.Module):
             "action_logits": self.action_head(user),
             "purchase_logit": self._head(self.purchase_head, self.purchase_wide, user, wide_in),
             "churn_logit": self._head(self.churn_head, self.churn_wide, user, wide_in),
+            "repeat_last": self.repeat_weights(batch, last.unsqueeze(1)).squeeze(1),
         }
 
-    def item_scores(self, hidden: Tensor) -> Tensor:
-        """Scores of every item for hidden states ``[..., d]`` (full catalogue, tied weights)."""
-        return hidden @ self.encoder.item_table.weight.T
+    def repeat_weights(self, batch: dict[str, Tensor], query: Tensor | None = None) -> Tensor:
+        """``[B, Q, L]`` repeat bias of each window position seen from ``query [B, Q]`` (every position when None).
+
+        All zeros when the model has no repeat bias (``repeat: none``).
+        """
+        items = batch[ITEM_FEATURE].long()
+        B, L = items.shape
+        if query is None:
+            query = torch.arange(L, device=items.device).expand(B, L)
+        if self.repeat is None:
+            return torch.zeros(B, query.shape[1], L, device=items.device)
+        return self.repeat(items, batch.get(TYPE_FEATURE), query)
+
+    def item_scores(self, hidden: Tensor, items: Tensor | None = None, repeat: Tensor | None = None) -> Tensor:
+        """Scores of every item for hidden states ``[N, d]`` (full catalogue, tied weights).
+
+        With the rows' windows ``items [N, L]`` and their repeat weights
+        ``repeat [N, L]`` (the forward pass's ``repeat_last`` for the last
+        position), each window item's repeat bias is added (:func:`window_scores`).
+        """
+        scores = hidden @ self.encoder.item_table.weight.T
+        if items is None or repeat is None:
+            return scores
+        return scores + window_scores(items, repeat.to(scores.dtype), scores.shape[-1])
 
 
 SUMMARY_FEATURES = ("session_start_seq", "dt_bucket_seq", "event_type_idx_seq")  # what window_summary reads
@@ -252,6 +319,27 @@ def last_valid_index(item: Tensor) -> Tensor:
     return torch.where(item != 0, pos, torch.zeros_like(pos)).max(dim=1).values
 
 
+def window_scores(items: Tensor, weights: Tensor, n_items: int) -> Tensor:
+    """``[N, n_items]``: each row's window weights summed onto the items they sit on (``items, weights [N, L]``)."""
+    out = torch.zeros(items.shape[0], n_items, dtype=weights.dtype, device=weights.device)
+    return out.scatter_add(1, items.long().clamp(0, n_items - 1), weights)
+
+
+def window_scores_at(items: Tensor, weights: Tensor, candidates: Tensor) -> Tensor:
+    """``[N, C]``: :func:`window_scores` read at ``candidates [N, C]`` only, without a catalogue-wide row.
+
+    Sorts each window, then finds each candidate's run of equal items with
+    ``searchsorted`` and sums its weights from a running sum: O(N (L + C) log L),
+    for sampled softmax over large catalogues.
+    """
+    sorted_items, order = items.long().sort(dim=1)
+    csum = torch.cat([torch.zeros_like(weights[:, :1]), weights.gather(1, order).cumsum(1)], dim=1)  # [N, L + 1]
+    cand = candidates.long().contiguous()
+    lo = torch.searchsorted(sorted_items, cand, right=False)
+    hi = torch.searchsorted(sorted_items, cand, right=True)
+    return csum.gather(1, hi) - csum.gather(1, lo)
+
+
 def next_targets(seq: Tensor, label: Tensor, label_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per-position targets: ``seq[t+1]`` inside the window, ``label`` at the last valid position.
 
@@ -272,25 +360,44 @@ def next_targets(seq: Tensor, label: Tensor, label_mask: Tensor) -> tuple[Tensor
     return targets.long(), mask
 
 
-def next_item_loss(model: MultiTaskModel, hidden: Tensor, targets: Tensor, mask: Tensor, num_negatives: int = 0, log_q: Tensor | None = None) -> Tensor:
+def next_item_loss(
+    model: MultiTaskModel,
+    hidden: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    num_negatives: int = 0,
+    log_q: Tensor | None = None,
+    items: Tensor | None = None,
+    repeat: Tensor | None = None,
+) -> Tensor:
     """Cross-entropy of the next item over masked positions.
 
     ``num_negatives == 0``: full softmax over the catalogue. Otherwise a sampled
     softmax: ``num_negatives`` items drawn from the proposal ``q`` (shared by the
     batch), with the log-Q correction subtracting ``log q`` from every logit so
-    the estimate is unbiased for popular items (Yi et al., 2019).
+    the estimate is unbiased for popular items (Yi et al., 2019). With the
+    windows ``items [B, L]`` and the repeat weights ``repeat [B, L, L]``
+    (:meth:`MultiTaskModel.repeat_weights` at every position), position ``t``
+    scores items with the repeat bias of the window up to ``t``.
     """
     h = hidden[mask]  # [N, d]
     y = targets[mask]
     if h.shape[0] == 0:
         return hidden.sum() * 0.0
+    win = rep = None
+    if items is not None and repeat is not None:
+        rows = mask.nonzero()[:, 0]
+        win, rep = items[rows], repeat[mask]  # [N, L] each: the row's window and its weights seen from the position
     if num_negatives <= 0:
-        return F.cross_entropy(model.item_scores(h), y)
+        return F.cross_entropy(model.item_scores(h, win, rep), y)
     assert log_q is not None, "sampled softmax needs the proposal's log probabilities"
     weight = model.encoder.item_table.weight
     neg = torch.multinomial(log_q.exp(), num_negatives, replacement=True)  # [K]
     pos_logit = (h * weight[y]).sum(-1, keepdim=True) - log_q[y].unsqueeze(-1)
     neg_logit = h @ weight[neg].T - log_q[neg].unsqueeze(0)
+    if win is not None and rep is not None:
+        pos_logit = pos_logit + window_scores_at(win, rep, y.unsqueeze(-1))
+        neg_logit = neg_logit + window_scores_at(win, rep, neg.expand(h.shape[0], -1))
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == y.unsqueeze(-1), float("-inf"))  # accidental hits
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(h.shape[0], dtype=torch.long, device=h.device))
