@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	@echo "== setup: $(VENV) with pinned dependencies (constraints.txt)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24" "setuptools>=77" wheel
-	# torch first, exact version: the CPU wheel shipped on this machine (another spec pulls CUDA builds).
+	# torch first, exact version. On the 2026-12-02 machines this pulls the PyPI build torch 2.13.0+cu130 (CUDA libraries, several GB; runs on CPU too).
 	$(PIP) install -q -c constraints.txt torch==$(TORCH_VERSION)
 	$(PIP) install -q -c constraints.txt -e '.[local,bench,tracking,test,notebook]'
 	$(MAKE) --no-print-directory horovod
