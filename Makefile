@@ -10,6 +10,10 @@ HOROVOD_VERSION := 0.28.1
 TORCH_VERSION := 2.13.0
 # Outside the repo, so fresh clones, CI runs and `make clean` reuse it.
 WHEEL_CACHE ?= $(HOME)/.cache/shopseq/wheels/horovod-$(HOROVOD_VERSION)-torch$(TORCH_VERSION)-$(shell $(PYTHON) -c 'import sys;print(f"cp{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)
+# Delta Lake for Spark 3.5 (Scala 2.12): the JARs local Spark loads (jobs/spark.py), fetched once with mvn.
+# Keep equal to the delta-spark pin in pyproject.toml (tests/test_stack.py checks).
+DELTA_VERSION := 3.2.1
+DELTA_JARS ?= $(HOME)/.cache/shopseq/jars/delta-$(DELTA_VERSION)
 STAMP := $(VENV)/.shopseq-setup
 PYTEST_ARGS ?=
 
@@ -29,9 +33,22 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# torch first, exact version. On the 2026-12-02 machines this pulls the PyPI build torch 2.13.0+cu130 (CUDA libraries, several GB; runs on CPU too).
 	$(PIP) install -q -c constraints.txt torch==$(TORCH_VERSION)
 	$(PIP) install -q -c constraints.txt -e '.[local,bench,tracking,test,notebook]'
-	$(MAKE) --no-print-directory horovod
-	$(PY) -c "import pyspark, deltalake, petastorm, torch, horovod.torch; print('stack:', 'pyspark', pyspark.__version__, '| deltalake', deltalake.__version__, '| petastorm', petastorm.__version__, '| torch', torch.__version__, '| horovod', horovod.__version__)"
+	$(MAKE) --no-print-directory horovod delta-jars
+	$(PY) -c "import importlib.metadata, pyspark, delta, petastorm, torch, horovod.torch; print('stack:', 'pyspark', pyspark.__version__, '| delta-spark', importlib.metadata.version('delta-spark'), '| petastorm', petastorm.__version__, '| torch', torch.__version__, '| horovod', horovod.__version__)"
 	touch $(STAMP)
+
+# Delta Lake's JARs (delta-spark + delta-storage; Spark ships antlr4-runtime) from Maven Central with
+# the machine's mvn, into $(DELTA_JARS) outside the repo; jobs/spark.py puts them on spark.jars.
+.PHONY: delta-jars
+delta-jars:
+	@if ! ls $(DELTA_JARS)/delta-spark_2.12-$(DELTA_VERSION).jar $(DELTA_JARS)/delta-storage-$(DELTA_VERSION).jar >/dev/null 2>&1; then \
+	  set -euo pipefail; echo "== fetching Delta Lake $(DELTA_VERSION) JARs with mvn into $(DELTA_JARS)"; \
+	  command -v mvn >/dev/null || { echo "mvn not found: install Maven, or put delta-spark_2.12-$(DELTA_VERSION).jar and delta-storage-$(DELTA_VERSION).jar into $(DELTA_JARS)"; exit 2; }; \
+	  mkdir -p $(DELTA_JARS); \
+	  for a in io.delta:delta-spark_2.12:$(DELTA_VERSION) io.delta:delta-storage:$(DELTA_VERSION); do \
+	    mvn -q -B dependency:copy -Dartifact=$$a -DoutputDirectory=$(DELTA_JARS); \
+	  done; \
+	fi
 
 # Horovod 0.28.1 from its sdist with C++17 (torch >= 2.1 headers need it; fixed
 # upstream in PR #3998, unreleased). Built once into $(WHEEL_CACHE), reused after.

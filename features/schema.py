@@ -23,3 +23,10 @@ EVENT_SCHEMA = T.StructType(
     ]
 )
 EVENT_COLUMNS: list[str] = [f.name for f in EVENT_SCHEMA.fields]
+
+# Delta CHECK constraints of bronze_events (with EVENT_SCHEMA's NOT NULL columns): a write that breaks one is refused whole.
+EVENT_CONSTRAINTS: dict[str, str] = {
+    "known_event_type": "event_type IN (" + ", ".join(f"'{t}'" for t in EVENT_TYPES) + ")",
+    "price_not_negative": "price IS NULL OR price >= 0",
+    "event_date_is_utc_day": "event_date = CAST(event_time AS DATE)",
+}

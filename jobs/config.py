@@ -52,11 +52,16 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class TablesConfig:
-    backend: Literal["auto", "delta-spark", "delta-rs"] = "auto"
     root: str | None = None  # default: <app.data_root>/tables
     catalog: str | None = None  # with schema: tables are catalog.schema.<name>
     schema: str | None = None
     locations: dict[str, str] = field(default_factory=dict)  # per-table override
+    optimize: bool = True  # OPTIMIZE ... ZORDER BY (user_id) silver_events and sessions after sessionize writes them
+    max_file_mb: int = 128  # OPTIMIZE's target file size
+
+    def __post_init__(self) -> None:
+        if self.max_file_mb < 1:
+            raise ConfigError(f"tables.max_file_mb: must be >= 1, got {self.max_file_mb!r}")
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,10 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 1.0, "purchase": 1.0, "churn": 2.0})
     num_negatives: int = 0
+    repeat: Literal["none", "recency", "recency_type", "mixture"] = "mixture"
+    repeat_lr_scale: float = 10.0
+    embedding_init_std: float | None = 0.02
+    next_item_positions: Literal["all", "last"] = "all"
     launcher: Literal["spark", "horovodrun", "local"] = "spark"
     num_proc: int = 2
     amp: bool = False
@@ -227,6 +236,10 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     mlflow_tracking_uri: str | None = None
     experiment: str = "shopseq"
+
+    def __post_init__(self) -> None:
+        if self.repeat == "mixture" and self.num_negatives > 0:
+            raise ConfigError("train.repeat: mixture needs the full softmax (train.num_negatives: 0); use recency_type with a sampled softmax")
 
 
 @dataclass(frozen=True)

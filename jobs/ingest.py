@@ -14,8 +14,12 @@ duplicates``. Duplicates are lines whose key (``event_id`` for valid lines,
 earlier in the same batch. The bronze look-up is restricted to the event dates
 of the batch and both tables are read at a pinned version. Ingesting the same
 input again therefore finds only duplicates and commits nothing to bronze or
-quarantine (only its ``run_metrics`` row). One ingest at a time per table set:
-two concurrent runs of the same input could both append it.
+quarantine (only its ``run_metrics`` row). The commits are insert-only Delta
+MERGEs on those keys (bronze's read limited to the batch's dates), so two
+concurrent ingests of the same input write each event once: the later commit
+conflicts, is retried by :meth:`jobs.tables.TableIO.merge_insert`, finds the
+other run's rows and counts them as duplicates. Bronze is created with NOT NULL
+columns and the CHECK constraints of :data:`features.schema.EVENT_CONSTRAINTS`.
 
 ``ingest_batch`` = ``ingest-<UTC start, yyyymmddThhmmss.mmmZ>-<8 hex of the input listing>``.
 """
@@ -35,6 +39,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from features.ingest import (
+    QUARANTINE_SCHEMA,
     REASONS,
     TimeBounds,
     bronze_rows,
@@ -44,6 +49,7 @@ from features.ingest import (
     quarantine_rows,
     time_bounds,
 )
+from features.schema import EVENT_CONSTRAINTS, EVENT_SCHEMA
 from jobs.common import Context, InputError, run_stage, stage_parser
 from jobs.config import Config, SourceConfig
 from jobs.sources import FORMATS, read_source, resolve_source
@@ -210,13 +216,16 @@ def _ingest(tables: TableIO, raw: DataFrame, source: SourceConfig, bounds: TimeB
         if tally["accepted"]:
             # Range-partitioned by (date, time): about one file per date and task, balanced by volume, time-sorted stats.
             rows = marked.transform(bronze_rows).repartitionByRange("event_date", "event_time")
-            commit = tables.append(BRONZE, rows, partition_by=["event_date"], metadata=meta)
-            _check_commit(commit.num_rows, tally["accepted"], BRONZE)
+            tables.create(BRONZE, EVENT_SCHEMA, ["event_date"], constraints=EVENT_CONSTRAINTS, not_null=[f.name for f in EVENT_SCHEMA.fields if not f.nullable])
+            # Insert-only MERGE on event_id, its read limited to the batch's dates: safe beside a concurrent ingest.
+            commit = tables.merge_insert(BRONZE, rows, ["event_id"], metadata=meta, target_filter=_in_dates(dates))
+            _reconcile(tally, commit.num_rows, "accepted", "duplicate_events", BRONZE)
             bronze_version = commit.version
         quarantine_version = tables.version(QUARANTINE)
         if tally["quarantined"]:
-            commit = tables.append(QUARANTINE, quarantine_rows(marked, started).coalesce(1), metadata=meta)
-            _check_commit(commit.num_rows, tally["quarantined"], QUARANTINE)
+            tables.create(QUARANTINE, QUARANTINE_SCHEMA)
+            commit = tables.merge_insert(QUARANTINE, quarantine_rows(marked, started).coalesce(1), ["quarantine_id"], metadata=meta)
+            _reconcile(tally, commit.num_rows, "quarantined", "duplicate_quarantined", QUARANTINE)
             quarantine_version = commit.version
     finally:
         marked.unpersist()
@@ -233,9 +242,27 @@ def _check(t: dict[str, Any]) -> None:
         )
 
 
-def _check_commit(written: int | None, expected: int, table: str) -> None:
-    if written is not None and written != expected:
-        raise IngestIntegrityError(f"{table}: committed {written} rows, expected {expected}")
+def _in_dates(dates: list[Any]) -> str:
+    """``t.event_date IN (...)``: the MERGE reads (and conflicts on) only the batch's partitions."""
+    return "t.event_date IN (" + ", ".join(f"DATE '{d.isoformat()}'" for d in dates) + ")"
+
+
+def _reconcile(t: dict[str, Any], inserted: int | None, new: str, duplicate: str, table: str) -> None:
+    """Rows the MERGE found already present (a concurrent ingest committed them first) move from ``new`` to ``duplicate``.
+
+    The accounting stays exact: they were written once, by the other run
+    (``by_reason`` still counts them as classified: which reasons the other run
+    committed is not known here).
+    """
+    if inserted is None:
+        raise IngestIntegrityError(f"{table}: the MERGE reported no inserted-row count")
+    if inserted > t[new]:
+        raise IngestIntegrityError(f"{table}: committed {inserted} rows, expected at most {t[new]}")
+    if inserted < t[new]:
+        log.warning("%s: %d of %d new rows were committed by a concurrent ingest first; counted as duplicates", table, t[new] - inserted, t[new])
+        t[duplicate] += t[new] - inserted
+        t["duplicates"] += t[new] - inserted
+        t[new] = inserted
 
 
 def _record(tables: TableIO, m: dict[str, Any]) -> None:

@@ -209,6 +209,7 @@ def score_tensors(model: Any, data: dict[str, Any], top_k: int, batch_size: int)
     import torch
 
     from training.checkpoint import predict_tensors
+    from training.model import ITEM_FEATURE
 
     with torch.no_grad():
         out = predict_tensors(model, data, batch_size)
@@ -217,7 +218,8 @@ def score_tensors(model: Any, data: dict[str, Any], top_k: int, batch_size: int)
         k = max(0, min(top_k, n_items - FIRST_INDEX))
         idx_parts, score_parts = [], []
         for start in range(0, len(hidden), batch_size):
-            logits = model.item_scores(hidden[start : start + batch_size])
+            rows = slice(start, start + batch_size)
+            logits = model.item_scores(hidden[rows], data[ITEM_FEATURE][rows], out["repeat_last"][rows])  # + the window's repeat bias
             logits[:, :FIRST_INDEX] = float("-inf")  # padding and OOV are never predicted
             scores, idx = torch.softmax(logits, dim=-1).topk(k, dim=-1)
             idx_parts.append(idx)
@@ -364,14 +366,6 @@ def with_run_columns(scored: DataFrame, lineage: dict[str, Any], version: str, s
     return scored.withColumns(consts).select(*PREDICTION_COLUMNS)
 
 
-def newer_or_equal(new: DataFrame, current: DataFrame | None) -> DataFrame:
-    """Rows of ``new`` whose user has no row in ``current`` or one with an as_of not later. Needs: user_id, as_of."""
-    if current is None:
-        return new
-    stored = current.select("user_id", F.col("as_of").alias("_stored_as_of"))
-    return new.join(stored, "user_id", "left").where(F.col("_stored_as_of").isNull() | (F.col("as_of") >= F.col("_stored_as_of"))).select(*new.columns)
-
-
 def run_predict(tables: TableIO, cfg: Config, as_of: str | None = None, checkpoint: str | None = None) -> dict[str, Any]:
     """Score every user's latest window before ``as_of``; write ``predictions`` and upsert ``predictions_latest``.
 
@@ -389,13 +383,12 @@ def run_predict(tables: TableIO, cfg: Config, as_of: str | None = None, checkpoi
     scored = score_windows(tables.spark, windows, ckpt, vocab, pc.top_k, pc.batch_size).transform(with_run_columns, lineage, version, scored_at)
     meta = {**lineage, "model_version": version, "checkpoint": ckpt.path, "checkpoint_sha256": ckpt.digest}
     start = time.perf_counter()
-    commit = tables.overwrite_partitions(PREDICTIONS, scored, PARTITION_COLUMNS, metadata=meta)
+    commit = tables.overwrite_partitions(PREDICTIONS, scored, PARTITION_COLUMNS, metadata=meta, values=[{"as_of_key": lineage["as_of_key"], "model_version": version}])
     seconds = time.perf_counter() - start
     rows = int(commit.num_rows) if commit.num_rows is not None else tables.read(PREDICTIONS, version=commit.version).where(_partition(lineage, version)).count()
-    # Read back what was committed (no second scoring pass), keep newer-or-equal as_of per user, merge.
+    # Read back what was committed (no second scoring pass); one MERGE keeps each user's newest as_of (ties: this run).
     written = tables.read(PREDICTIONS, version=commit.version).where(_partition(lineage, version))
-    current = tables.read(LATEST) if tables.exists(LATEST) else None
-    latest = tables.upsert(LATEST, newer_or_equal(written, current), keys=["user_id"], metadata=meta)
+    latest = tables.upsert(LATEST, written, keys=["user_id"], metadata=meta, update_when="s.as_of >= t.as_of")
     log.info(
         "%s: %d rows in partition as_of_key=%s/model_version=%s (table version %d) in %.1f s (%.0f rows/s, windows included); %s version %d",
         PREDICTIONS, rows, lineage["as_of_key"], version, commit.version, seconds, rows / seconds if seconds else float("nan"), LATEST, latest.version,

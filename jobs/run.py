@@ -194,7 +194,7 @@ def train_status(tables: TableIO, cfg: Config) -> tuple[str, dict[str, Any]]:
     """
     import torch
 
-    from jobs.train import checkpoint_dir, load_schema
+    from jobs.train import checkpoint_dir, load_schema, model_kwargs
 
     path = os.path.join(checkpoint_dir(cfg), "last.pt")
     if not os.path.isfile(path):
@@ -207,7 +207,7 @@ def train_status(tables: TableIO, cfg: Config) -> tuple[str, dict[str, Any]]:
         "vocab_version": load_schema(cfg).get("inputs", {}).get("vocab_version"),
     }
     lineage = state.get("lineage") or {}
-    model = {"encoder": tc.encoder, "dim": tc.dim, "layers": tc.layers, "heads": tc.heads, "dropout": tc.dropout}
+    model = model_kwargs(tc)
     summary = {"epoch": state["epoch"], "history": state["history"], "params": state.get("params", {}), "lineage": lineage}
     if any(lineage.get(k) != v for k, v in current.items()) or state.get("model_config") != model:
         log.info("checkpoint %s was trained on other data or another model config (%s); training from scratch", path, lineage)

@@ -76,8 +76,13 @@ def run_sessionize(tables: TableIO, cfg: Config, force: bool = False, plot: bool
         flagged = tables.read(BRONZE, version=bronze_version).transform(sessionize, cfg.sessionize).observe(observed, *removal_metrics())
         silver = tables.overwrite(SILVER, flagged.transform(silver_events), partition_by=["event_date"], metadata=lineage)
         counts = {k: int(v) for k, v in observed.get.items()}
-        sessions = tables.read(SILVER, version=silver.version).transform(sessions_table)
-        tables.overwrite(SESSIONS, sessions, partition_by=["session_date"], metadata={**lineage, "silver_version": silver.version, **counts})
+        silver_version = silver.version
+        if cfg.tables.optimize:  # one file per day, clustered by user: the features stage reads by user
+            silver_version = getattr(tables.optimize(SILVER, ["user_id"], cfg.tables.max_file_mb), "version", silver_version)
+        sessions = tables.read(SILVER, version=silver_version).transform(sessions_table)
+        tables.overwrite(SESSIONS, sessions, partition_by=["session_date"], metadata={**lineage, "silver_version": silver_version, **counts})
+        if cfg.tables.optimize:
+            tables.optimize(SESSIONS, ["user_id"], cfg.tables.max_file_mb)
     stats: dict[str, Any] = {
         "bronze_version": bronze_version,
         "skipped": skipped,

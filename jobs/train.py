@@ -18,7 +18,7 @@ from typing import Any
 
 from jobs.build_features import schema_path
 from jobs.common import Context, InputError, run_stage, stage_parser
-from jobs.config import Config, to_dict
+from jobs.config import Config, TrainConfig, to_dict
 from jobs.tables import TableIO
 from training.launch import launch
 from training.loop import TrainParams, train_fn
@@ -46,6 +46,18 @@ def tracking_uri(cfg: Config) -> str:
     if "DATABRICKS_RUNTIME_VERSION" in os.environ:
         return "databricks"
     return "file:" + os.path.abspath(os.path.join(cfg.app.data_root, "mlruns"))
+
+
+def model_kwargs(tc: TrainConfig) -> dict[str, Any]:
+    """The :class:`training.model.ModelConfig` keys that come from ``train`` config (the schema gives the sizes).
+
+    The one place they are chosen: training saves them in the checkpoint and
+    ``shopseq run`` compares them to decide whether a checkpoint still fits.
+    """
+    return {
+        "encoder": tc.encoder, "dim": tc.dim, "layers": tc.layers, "heads": tc.heads, "dropout": tc.dropout,
+        "repeat": tc.repeat, "embedding_init_std": tc.embedding_init_std,
+    }
 
 
 def load_schema(cfg: Config) -> dict[str, Any]:
@@ -91,10 +103,11 @@ def run_train(tables: TableIO, cfg: Config, launcher: str | None = None, num_pro
         mlflow.log_params({k: str(v) for k, v in lineage.items()})
         params = TrainParams(
             schema=schema,
-            train_files=tables.files("gold_train"),
-            val_files=tables.files("gold_val"),
+            # The snapshot the lineage names: Delta's file list of exactly those versions (time travel reads them back).
+            train_files=tables.files("gold_train", version=lineage["gold_train_version"]),
+            val_files=tables.files("gold_val", version=lineage["gold_val_version"]),
             checkpoint_dir=ckpt,
-            model={"encoder": tc.encoder, "dim": tc.dim, "layers": tc.layers, "heads": tc.heads, "dropout": tc.dropout},
+            model=model_kwargs(tc),
             log_level=cfg.app.log_level,
             batch_size=tc.batch_size,
             epochs=epochs or tc.epochs,
@@ -104,6 +117,8 @@ def run_train(tables: TableIO, cfg: Config, launcher: str | None = None, num_pro
             lr_schedule=tc.lr_schedule,
             loss_weights=dict(tc.loss_weights),
             num_negatives=tc.num_negatives,
+            next_item_positions=tc.next_item_positions,
+            repeat_lr_scale=tc.repeat_lr_scale,
             item_counts=item_counts(tables, schema["embedding_sizes"]["item"]) if tc.num_negatives > 0 else None,
             seed=tc.seed,
             resume=tc.resume and not fresh,

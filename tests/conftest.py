@@ -51,7 +51,7 @@ def cfg_factory(tmp_path: Path):
 
 @pytest.fixture
 def tables(spark, cfg_factory):
-    """TableIO on the delta-rs backend, rooted in the test's tmp dir."""
+    """TableIO (delta-spark) rooted in the test's tmp dir."""
     from jobs.tables import TableIO
 
     return TableIO(spark, cfg_factory())

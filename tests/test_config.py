@@ -22,7 +22,7 @@ def test_shipped_config_validates_for_every_environment():
     assert load_config("local", REPO / "conf").spark.master == "local[2]"
     assert load_config("cluster", REPO / "conf").spark.master is None
     dbx = load_config("databricks", REPO / "conf")
-    assert (dbx.tables.backend, dbx.tables.catalog, dbx.tables.schema) == ("delta-spark", "main", "shopseq")
+    assert (dbx.tables.catalog, dbx.tables.schema) == ("main", "shopseq")
 
 
 def test_layers_deep_merge_base_env_then_set(tmp_path):
@@ -52,8 +52,8 @@ def test_wrong_type_names_key_and_source(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config("local", conf, ["sessionize.max_events_per_user_day=lots"])
     assert str(err.value) == "--set: 'sessionize.max_events_per_user_day' expects int, got str 'lots'"
-    with pytest.raises(ConfigError, match=r"base.yaml: 'tables.backend' must be one of 'auto', 'delta-spark', 'delta-rs', got 'hive'"):
-        load_config("local", _conf(tmp_path, "tables:\n  backend: hive\n"))
+    with pytest.raises(ConfigError, match=r"base.yaml: 'train.encoder' must be one of 'transformer', 'gru', got 'hive'"):
+        load_config("local", _conf(tmp_path, "train:\n  encoder: hive\n"))
 
 
 def test_bool_is_not_an_int_and_unknown_env(tmp_path):
@@ -61,3 +61,9 @@ def test_bool_is_not_an_int_and_unknown_env(tmp_path):
         load_config("local", _conf(tmp_path, "spark:\n  shuffle_partitions: true\n"))
     with pytest.raises(ConfigError, match="unknown environment 'prod'"):
         load_config("prod", REPO / "conf")
+
+
+def test_mixture_needs_the_full_softmax():
+    with pytest.raises(ConfigError, match=r"^train.repeat: mixture needs the full softmax \(train.num_negatives: 0\)"):
+        load_config("local", REPO / "conf", ["train.num_negatives=64"])
+    assert load_config("local", REPO / "conf", ["train.num_negatives=64", "train.repeat=recency_type"]).train.num_negatives == 64

@@ -533,7 +533,8 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     # The model's numbers agree with the training metric code run independently on the same checkpoint.
     model, _ = load_model(os.path.join(trained.train["checkpoint_dir"], "best.pt"))
     out = predict_tensors(model, data)
-    hits, ndcg, n = batch_ranking_sums(model.item_scores(out["hidden_last"]), data["next_item_idx"], data["next_label_mask"], k=10).tolist()
+    scores = model.item_scores(out["hidden_last"], data["item_idx_seq"], out["repeat_last"])  # with the window's repeat mixture (train.repeat)
+    hits, ndcg, n = batch_ranking_sums(scores, data["next_item_idx"], data["next_label_mask"], k=10).tolist()
     value = {(r["task"], r["metric"], r["k"], r["method"]): r["value"] for r in rows}
     assert n == masked["next_item"]
     assert value[("next_item", "hr", 10, "model")] == pytest.approx(hits / n, abs=1e-9)

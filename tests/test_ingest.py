@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from features.ingest import TimeBounds, classify_raw, to_bronze
-from features.schema import EVENT_COLUMNS, EVENT_SCHEMA
+from features.schema import EVENT_COLUMNS, EVENT_CONSTRAINTS, EVENT_SCHEMA
 from jobs.common import InputError
 from jobs.ingest import IngestIntegrityError, _check, main, run_ingest
 from jobs.sources import PRESETS, resolve_source
@@ -192,7 +192,11 @@ def test_duplicates_late_events_and_idempotent_reruns(spark, tables, cfg_factory
     a = write_lines(tmp_path, "a.csv", first)
     m1 = run_ingest(tables, cfg, input_path=a, fmt="taobao")
     assert counts(m1) == (6, 3, 1, 2) and (m1["duplicate_events"], m1["duplicate_quarantined"]) == (1, 1)
-    assert (m1["bronze_version"], m1["quarantine_version"]) == (0, 0)
+    # Bronze: 0 CREATE TABLE (NOT NULL columns, CHECK constraints, change data feed), 1 the MERGE; quarantine the same.
+    assert (m1["bronze_version"], m1["quarantine_version"]) == (1, 1)
+    props = tables.properties("bronze_events")
+    assert {k for k in props if k.startswith("delta.constraints.")} == {f"delta.constraints.{k}" for k in EVENT_CONSTRAINTS} and len(EVENT_CONSTRAINTS) == 3
+    assert props["delta.enableChangeDataFeed"] == "true"
     rows = lambda b: [(eid("taobao", first[0]), "u1", ts("2024-01-02 12:00:00"), "view", "i1", "c1", None, None, None, date(2024, 1, 2), b),
                       (eid("taobao", first[2]), "u1", ts("2024-01-02 13:00:00"), "cart", "i2", "c1", None, None, None, date(2024, 1, 2), b),
                       (eid("taobao", first[3]), "u2", ts("2024-01-03 12:00:00"), "purchase", "i3", "c2", None, None, None, date(2024, 1, 3), b)]
@@ -204,7 +208,7 @@ def test_duplicates_late_events_and_idempotent_reruns(spark, tables, cfg_factory
     # The same input again: all duplicates, no commit to bronze or quarantine.
     m2 = run_ingest(tables, cfg, input_path=a, fmt="taobao")
     assert counts(m2) == (6, 0, 0, 6)
-    assert (tables.version("bronze_events"), tables.version("quarantine")) == (0, 0)
+    assert (tables.version("bronze_events"), tables.version("quarantine")) == (1, 1)
     assertDataFrameEqual(tables.read("bronze_events").select(*EVENT_COLUMNS), spark.createDataFrame(bronze_rows, EVENT_SCHEMA))
     assert sorted(tuple(r) for r in tables.read("quarantine").collect()) == q_before
 
@@ -212,8 +216,8 @@ def test_duplicates_late_events_and_idempotent_reruns(spark, tables, cfg_factory
     late = "u3,i9,c3,pv,1704067200"
     b = write_lines(tmp_path, "b.csv", [first[0], late, first[4]])
     m3 = run_ingest(tables, cfg, input_path=b, fmt="taobao")
-    assert counts(m3) == (3, 1, 0, 2) and (m3["bronze_version"], m3["quarantine_version"]) == (1, 0)
-    added = set(tables.files("bronze_events", 1)) - set(tables.files("bronze_events", 0))
+    assert counts(m3) == (3, 1, 0, 2) and (m3["bronze_version"], m3["quarantine_version"]) == (2, 1)
+    added = set(tables.files("bronze_events", 2)) - set(tables.files("bronze_events", 1))
     assert added and all("/event_date=2024-01-01/" in f for f in added)
     got = tables.read("bronze_events").where(F.col("ingest_batch") == m3["ingest_batch"]).select("event_id", "event_date")
     assertDataFrameEqual(got, spark.createDataFrame([(eid("taobao", late), date(2024, 1, 1))], "event_id string, event_date date"))
@@ -225,6 +229,43 @@ def test_duplicates_late_events_and_idempotent_reruns(spark, tables, cfg_factory
     for r in metrics:
         assert r["input_rows"] == r["accepted"] + r["quarantined"] + r["duplicates"] and r["finished_at"] >= r["started_at"]
     assert json.loads(metrics[0]["by_reason"]) == {"unparseable_time": 1} and json.loads(metrics[1]["by_reason"]) == {}
+
+
+def test_two_concurrent_ingests_of_one_batch_write_each_event_once(spark, cfg_factory, tmp_path):
+    """Both runs classify against an empty root and commit; the later MERGE conflicts, retries and finds the rows stored."""
+    import threading
+
+    from jobs.tables import TableIO
+
+    cfg = cfg_factory(*NOW)
+    lines = [f"u{i % 7},i{i % 11},c1,pv,{1704196800 + 60 * i}" for i in range(300)] + ["u1,i1,c1,pv,oops"]
+    path = write_lines(tmp_path, "same.csv", lines)
+    runs: dict[int, object] = {}
+    barrier = threading.Barrier(2)
+
+    def ingest(k: int) -> None:
+        io = TableIO(spark.newSession(), cfg)  # a session each, as two processes would have
+        barrier.wait()
+        try:
+            runs[k] = run_ingest(io, cfg, input_path=path, fmt="taobao")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            runs[k] = exc
+
+    threads = [threading.Thread(target=ingest, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not any(isinstance(m, Exception) for m in runs.values()), runs
+    a, b = runs[0], runs[1]
+    tables = TableIO(spark, cfg)
+    bronze = tables.read("bronze_events")
+    assert bronze.count() == 300 and bronze.select("event_id").distinct().count() == 300  # none doubled, none lost
+    assert tables.read("quarantine").count() == 1
+    assert a["accepted"] + b["accepted"] == 300 and a["quarantined"] + b["quarantined"] == 1
+    for m in (a, b):  # each run's own accounting still adds up: what the other committed first is its duplicates
+        assert m["input_rows"] == 301 == m["accepted"] + m["quarantined"] + m["duplicates"]
+    assert sorted(r["accepted"] for r in tables.read("run_metrics").collect()) == sorted([a["accepted"], b["accepted"]])
 
 
 def test_main_quick_mode_and_input_errors(spark, tmp_path, capsys):

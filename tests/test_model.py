@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -192,3 +194,34 @@ def test_encoder_reads_only_its_inputs():
     torch.testing.assert_close(model(batch)["hidden"], model(other)["hidden"])
     other["event_type_idx_seq"][0, 2:] = 4
     assert not torch.allclose(model(batch)["hidden"], model(other)["hidden"])
+
+
+def test_mixture_scores_are_the_log_of_gate_times_window_plus_rest_times_softmax():
+    """repeat: mixture, zero weights: the window distribution is uniform over real-item positions; gate 0.75."""
+    model = _repeat_model("mixture")
+    with torch.no_grad():
+        model.repeat.weight.zero_()
+        model.repeat.gate.weight.zero_()
+        model.repeat.gate.bias.fill_(math.log(3.0))  # sigmoid(log 3) = 0.75
+    batch = _batch([[0, 3, 1, 3, 5], [0, 0, 0, 1, 1]])  # item 3 twice, 5 once, OOV once | only OOV: no repeat mode
+    out = model(batch)
+    scores = model.item_scores(out["hidden_last"], batch["item_idx_seq"], out["repeat_last"])
+    softmax = torch.softmax(model.item_scores(out["hidden_last"]), dim=-1)
+    window = torch.zeros(2, 10)
+    window[0, 3], window[0, 5] = 2 / 3, 1 / 3
+    expected = torch.stack([0.75 * window[0] + 0.25 * softmax[0], softmax[1]])
+    torch.testing.assert_close(scores.exp(), expected)
+    torch.testing.assert_close(scores.exp().sum(-1), torch.ones(2))
+    assert out["repeat_last"][0, 0].item() == float("-inf") and out["repeat_last"][0, 2].item() == float("-inf")  # padding, OOV
+
+
+def test_mixture_trains_its_gate_and_refuses_a_sampled_softmax():
+    model = _repeat_model("mixture").train()
+    batch = _batch([[0, 3, 4, 3, 5], [6, 7, 8, 6, 2]])
+    out = model(batch)
+    targets, mask = next_targets(batch["item_idx_seq"], torch.tensor([3, 6]), torch.tensor([1, 1]))
+    loss = next_item_loss(model, out["hidden"], targets, mask, items=batch["item_idx_seq"], repeat=model.repeat_weights(batch))
+    loss.backward()
+    assert torch.isfinite(loss) and model.repeat.gate.weight.grad.abs().sum() > 0 and model.repeat.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="repeat: mixture needs the full softmax"):
+        next_item_loss(model, out["hidden"], targets, mask, 5, torch.log(torch.full((10,), 0.1)), batch["item_idx_seq"], model.repeat_weights(batch))

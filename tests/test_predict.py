@@ -164,14 +164,15 @@ def test_predict_rerun_replaces_only_its_partition_and_matches_in_process_scores
     windows, _, _ = build_windows(tables, cfg, ckpt, late)
     pdf = windows.toPandas().sort_values("user_id").reset_index(drop=True)
     model, _ = load_model(ckpt.path)
-    out = predict_tensors(model, frame_to_tensors(pdf, model_inputs(ckpt.schema)), batch_size=64)
+    data = frame_to_tensors(pdf, model_inputs(ckpt.schema))
+    out = predict_tensors(model, data, batch_size=64)
     by_user = {r["user_id"]: r for r in preds}
     spark_purchase = np.array([by_user[u]["purchase_prob"] for u in pdf["user_id"]])
     spark_churn = np.array([by_user[u]["churn_prob"] for u in pdf["user_id"]])
     np.testing.assert_allclose(spark_purchase, out["purchase"].numpy(), atol=1e-5)
     np.testing.assert_allclose(spark_churn, out["churn"].numpy(), atol=1e-5)
     with torch.no_grad():
-        logits = model.item_scores(out["hidden_last"])
+        logits = model.item_scores(out["hidden_last"], data["item_idx_seq"], out["repeat_last"])  # with the window's repeat mixture
     logits[:, :FIRST_INDEX] = float("-inf")
     probs, idx = torch.softmax(logits, dim=-1).topk(k)
     tokens = {r["index"]: r["token"] for r in tables.read("vocab").where("kind = 'item'").collect()}

@@ -103,8 +103,9 @@ def test_run_taobao_sample_reports_metrics_against_baselines(spark, tmp_path, ca
     assert {"bronze_events", "quarantine", "gold_test", "metrics", "predictions_latest"} <= set(versions)
     assert not re.search(r"^generate\s", out, re.M)  # real data: no synthetic stage
     assert set(_task_rows(out)) == set(TASKS), out
-    assert re.search(r"^bronze_events\s+0\s+84,440\s", out, re.M)  # the 35 rows before 2017-11-25 +08:00 are quarantined
-    assert re.search(r"^quarantine\s+0\s+35\s", out, re.M)
+    # Bronze and quarantine: 0 CREATE TABLE (with bronze's constraints), 1 the MERGE.
+    assert re.search(r"^bronze_events\s+1\s+84,440\s", out, re.M)  # the 35 rows before 2017-11-25 +08:00 are quarantined
+    assert re.search(r"^quarantine\s+1\s+35\s", out, re.M)
 
 
 def test_dataset_layer_sits_between_env_and_set(tmp_path):

@@ -237,7 +237,7 @@ def test_one_shuffle_one_sort_no_python(spark):
 def test_job_writes_silver_and_sessions_and_a_rerun_changes_nothing(spark, tables, cfg_factory, tmp_path, caplog):
     from jobs.sessionize import main, run_sessionize
 
-    cfg = cfg_factory()
+    cfg = cfg_factory("tables.optimize=false")  # one commit per write (OPTIMIZE: the next test)
     tables.append("bronze_events", spark.createDataFrame(FUNNEL_ROWS, EVENT_SCHEMA), partition_by=["event_date"])
     with caplog.at_level("INFO"):
         stats = run_sessionize(tables, cfg)
@@ -257,7 +257,7 @@ def test_job_writes_silver_and_sessions_and_a_rerun_changes_nothing(spark, table
 
     # Same bronze version and config: skipped, no table version moves (through main, as the CLI runs it).
     conf_dir = Path(__file__).resolve().parent.parent / "conf"
-    assert main(["--conf-dir", str(conf_dir), "--set", f"app.data_root={tmp_path}"]) == 0
+    assert main(["--conf-dir", str(conf_dir), "--set", f"app.data_root={tmp_path}", "--set", "tables.optimize=false"]) == 0
     assert run_sessionize(tables, cfg)["skipped"] is True
     assert (tables.version("silver_events"), tables.version("sessions")) == (0, 0)
 
@@ -267,8 +267,24 @@ def test_job_writes_silver_and_sessions_and_a_rerun_changes_nothing(spark, table
     assert (again["skipped"], again["bronze_version"], again["silver_version"], again["sessions"], again["events"]) == (False, 1, 1, 3, 10)
     silver = tables.read("silver_events").where("event_id = 's8'").select("session_id", "session_index", "event_index")
     assertDataFrameEqual(silver, [(sid("u1", "s7"), 1, 1)])
-    changed = run_sessionize(tables, cfg_factory("sessionize.gap_minutes=5"), plot=False)
+    changed = run_sessionize(tables, cfg_factory("sessionize.gap_minutes=5", "tables.optimize=false"), plot=False)
     assert (changed["skipped"], changed["silver_version"], changed["sessions"]) == (False, 2, 5)  # s7|s8 and t1|t2 split; 5-minute steps of u1 stay
+
+
+def test_optimize_leaves_one_file_per_day_clustered_by_user_and_a_rerun_still_skips(spark, tables, cfg_factory):
+    from jobs.sessionize import run_sessionize
+
+    cfg = cfg_factory()  # tables.optimize: true (the default)
+    rows = spark.createDataFrame(FUNNEL_ROWS, EVENT_SCHEMA).repartition(4)  # several files per day in silver before OPTIMIZE
+    tables.append("bronze_events", rows, partition_by=["event_date"])
+    stats = run_sessionize(tables, cfg, plot=False)
+    silver = tables.history("silver_events")
+    assert [h["operation"] for h in silver] == ["OPTIMIZE", "WRITE"] and stats["silver_version"] == 1
+    assert silver[0]["metadata"] == silver[1]["metadata"]  # the OPTIMIZE commit carries the write's lineage
+    days = tables.read("silver_events").select("event_date").distinct().count()
+    assert tables.detail("silver_events")["numFiles"] == days
+    assert tables.history("sessions")[1]["metadata"]["silver_version"] == 1  # sessions were built from the optimized version
+    assert run_sessionize(tables, cfg, plot=False)["skipped"] is True
 
 
 def test_job_without_bronze_is_a_one_line_error(tmp_path, spark, capsys):

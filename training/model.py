@@ -61,7 +61,7 @@ class ModelConfig:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.1
-    repeat: Literal["none", "recency", "recency_type"] = "none"  # learned re-consumption bias (see RepeatBias)
+    repeat: Literal["none", "recency", "recency_type", "mixture"] = "none"  # learned re-consumption (see RepeatBias)
     inputs: tuple[str, ...] | None = None  # sequence features the encoder reads (None = all; the item sequence always)
     embedding_init_std: float | None = None  # None: PyTorch's N(0, 1); else N(0, std) for every embedding table
 
@@ -134,12 +134,22 @@ class RepeatBias(nn.Module):
     that the softmax contains as a special case. Padding, OOV and positions
     after ``t`` (the future) get exactly 0. Zero-initialised: training starts
     from the plain dot-product scores.
+
+    With ``gate_dim`` (``repeat: mixture``, RepeatNet's two modes) the weights
+    are instead the logits of a distribution over the window's positions
+    (padding, OOV and the future get ``-inf``), and a gate ``g = sigmoid(a . h)``
+    from the hidden state mixes it with the catalogue softmax:
+    ``p(i) = g * sum_{p: item_p = i} softmax(w)_p + (1 - g) * softmax(h . e_i)``
+    (:meth:`MultiTaskModel.item_scores` returns ``log p``). A window item can
+    then outrank every unseen item however the dot products fall, which an
+    additive bias only reaches with large weights.
     """
 
-    def __init__(self, max_len: int, n_event_types: int, by_type: bool) -> None:
+    def __init__(self, max_len: int, n_event_types: int, by_type: bool, gate_dim: int | None = None) -> None:
         super().__init__()
         self.by_type = by_type
         self.weight = nn.Parameter(torch.zeros(max_len, n_event_types if by_type else 1))
+        self.gate = nn.Linear(gate_dim, 1) if gate_dim else None
 
     def forward(self, items: Tensor, types: Tensor | None, query: Tensor) -> Tensor:
         """``[B, Q, L]`` weight of each window position as seen from query positions ``query [B, Q]``."""
@@ -151,7 +161,7 @@ class RepeatBias(nn.Module):
         else:
             col = torch.zeros_like(age)
         w = self.weight[age.clamp(0, self.weight.shape[0] - 1), col]
-        return torch.where(ok, w, torch.zeros_like(w))
+        return torch.where(ok, w, torch.full_like(w, float("-inf") if self.gate is not None else 0.0))
 
 
 class MultiTaskModel(nn.Module):
@@ -182,7 +192,7 @@ class MultiTaskModel(nn.Module):
         n_wide = len(self.profile_numeric) + self.n_summary
         self.purchase_wide = nn.Linear(n_wide, 1) if n_wide else None
         self.churn_wide = nn.Linear(n_wide, 1) if n_wide else None
-        self.repeat = RepeatBias(cfg.max_len, cfg.n_event_types, cfg.repeat == "recency_type") if cfg.repeat != "none" else None
+        self.repeat = RepeatBias(cfg.max_len, cfg.n_event_types, cfg.repeat != "recency", cfg.dim if cfg.repeat == "mixture" else None) if cfg.repeat != "none" else None
 
     def wide_parameters(self) -> list[nn.Parameter]:
         """The wide parts' parameters (their own learning rate: ``train.wide_lr_scale``)."""
@@ -246,11 +256,20 @@ class MultiTaskModel(nn.Module):
         With the rows' windows ``items [N, L]`` and their repeat weights
         ``repeat [N, L]`` (the forward pass's ``repeat_last`` for the last
         position), each window item's repeat bias is added (:func:`window_scores`).
+        With ``repeat: mixture`` the scores are the mixture's log-probabilities
+        (see :class:`RepeatBias`), so a softmax over them gives ``p`` back.
         """
         scores = hidden @ self.encoder.item_table.weight.T
         if items is None or repeat is None:
             return scores
-        return scores + window_scores(items, repeat.to(scores.dtype), scores.shape[-1])
+        if self.repeat is None or self.repeat.gate is None:
+            return scores + window_scores(items, repeat.to(scores.dtype), scores.shape[-1])
+        repeat = repeat.to(scores.dtype)
+        seen = torch.isfinite(repeat).any(dim=-1, keepdim=True)  # [N, 1]: the window holds a real item
+        p_window = torch.softmax(torch.where(seen, repeat, torch.zeros_like(repeat)), dim=-1) * seen
+        gate = torch.sigmoid(self.repeat.gate(hidden.to(scores.dtype))) * seen  # no repeat mode without a window item
+        p = gate * window_scores(items, p_window, scores.shape[-1]) + (1.0 - gate) * torch.softmax(scores, dim=-1)
+        return torch.log(p.clamp_min(1e-30))
 
 
 SUMMARY_FEATURES = ("session_start_seq", "dt_bucket_seq", "event_type_idx_seq")  # what window_summary reads
@@ -390,6 +409,8 @@ def next_item_loss(
         win, rep = items[rows], repeat[mask]  # [N, L] each: the row's window and its weights seen from the position
     if num_negatives <= 0:
         return F.cross_entropy(model.item_scores(h, win, rep), y)
+    if model.repeat is not None and model.repeat.gate is not None:
+        raise ValueError("repeat: mixture needs the full softmax (num_negatives: 0): its window distribution is not a per-item additive bias")
     assert log_q is not None, "sampled softmax needs the proposal's log probabilities"
     weight = model.encoder.item_table.weight
     neg = torch.multinomial(log_q.exp(), num_negatives, replacement=True)  # [K]
