@@ -11,7 +11,7 @@ TORCH_VERSION := 2.13.0
 # Outside the repo, so fresh clones, CI runs and `make clean` reuse it.
 WHEEL_CACHE ?= $(HOME)/.cache/shopseq/wheels/horovod-$(HOROVOD_VERSION)-torch$(TORCH_VERSION)-$(shell $(PYTHON) -c 'import sys;print(f"cp{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)
 # Delta Lake for Spark 3.5 (Scala 2.12): the JARs local Spark loads (jobs/spark.py), fetched once with mvn.
-# Keep equal to the delta-spark pin in pyproject.toml (tests/test_stack.py checks).
+# Keep equal to the delta-spark pin in constraints.txt (tests/test_config.py checks).
 DELTA_VERSION := 3.2.1
 DELTA_JARS ?= $(HOME)/.cache/shopseq/jars/delta-$(DELTA_VERSION)
 STAMP := $(VENV)/.shopseq-setup

@@ -55,17 +55,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from features.schema import EVENT_COLUMNS, EVENT_TYPES
-from jobs.config import ConfigError, IngestConfig, SourceConfig
-
-if TYPE_CHECKING:
-    from jobs.config import Config
+from features.params import ConfigError, IngestConfig, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -392,17 +389,14 @@ def outcome_counts(marked: DataFrame) -> DataFrame:
 # --------------------------------------------------------------------------- without tables
 
 
-def to_bronze(raw: DataFrame, cfg: Config, source: SourceConfig | None = None, ingest_batch: str = "adhoc", wall_clock: datetime | None = None) -> DataFrame:
+def to_bronze(raw: DataFrame, ingest: IngestConfig, source: SourceConfig, ingest_batch: str = "adhoc", wall_clock: datetime | None = None) -> DataFrame:
     """Raw reader output -> valid events in bronze columns, deduplicated within the input (no table look-ups).
 
-    For callers without tables (the benchmark). ``source`` defaults to the
-    ``generated`` preset of :mod:`jobs.sources`, with ``raw`` the generator's
-    Parquet rows. Needs: the source's columns. Returns: EVENT_COLUMNS.
+    For callers without tables (the benchmark): ``source`` is the resolved
+    source (:func:`jobs.sources.resolve_source`), e.g. the ``generated`` preset
+    with ``raw`` the generator's Parquet rows. Needs: the source's columns.
+    Returns: EVENT_COLUMNS.
     """
-    if source is None:
-        from jobs.sources import resolve_source  # presets live with the readers
-
-        source = resolve_source(cfg.source, "generated")
-    bounds = time_bounds(cfg.ingest, wall_clock or datetime.now(timezone.utc))
+    bounds = time_bounds(ingest, wall_clock or datetime.now(timezone.utc))
     events = raw.transform(classify_raw, source, bounds, ingest_batch)
     return events.where(F.col("reason").isNull() & ~F.col("is_header")).dropDuplicates(["event_id"]).select(*EVENT_COLUMNS)

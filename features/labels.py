@@ -29,7 +29,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from jobs.config import FeaturesConfig
+from features.params import FeaturesConfig
 
 LABEL_COLUMNS: list[str] = [
     "next_item_idx",

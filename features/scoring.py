@@ -35,7 +35,7 @@ from pyspark.sql import functions as F
 from features.profiles import add_profiles
 from features.sequences import add_event_features, add_sequence_arrays, anchor_cutoff_us, gold_columns, gold_expr, order_events, user_window
 from features.vocab import apply_vocab
-from jobs.config import FeaturesConfig
+from features.params import FeaturesConfig
 
 KEY_COLUMNS: list[str] = ["user_id", "cutoff_time"]
 

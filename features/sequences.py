@@ -73,7 +73,7 @@ from features.labels import LABEL_COLUMNS, add_labels
 from features.profiles import PROFILE_COLUMNS, PROFILE_DTYPES, add_profiles
 from features.splits import ENTITY_START, SplitBounds, add_split_keys, assign_split, train_range
 from features.vocab import PAD_INDEX, apply_vocab
-from jobs.config import FeaturesConfig
+from features.params import FeaturesConfig
 
 US_PER_S = 1_000_000
 US_PER_DAY = 86_400 * US_PER_S

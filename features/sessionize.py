@@ -42,7 +42,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from features.schema import EVENT_COLUMNS, EVENT_SCHEMA, EVENT_TYPES
-from jobs.config import SessionizeConfig
+from features.params import SessionizeConfig
 
 FUNNEL_ORDER: tuple[str, ...] = EVENT_TYPES  # view < fav < cart < remove_from_cart < purchase
 SESSION_COLUMNS: list[str] = ["session_id", "session_index", "event_index", "is_bot_suspect"]

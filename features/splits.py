@@ -58,7 +58,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from features.labels import horizon_us
-from jobs.config import ConfigError, FeaturesConfig
+from features.params import ConfigError, FeaturesConfig
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ENTITY_START = "_entity_start_us"  # last_days: helper column, each entity's first event time (epoch microseconds)

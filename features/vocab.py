@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.config import FeaturesConfig
+from features.params import FeaturesConfig
 
 PAD_INDEX = 0
 OOV_INDEX = 1

@@ -4,7 +4,7 @@
 
 1. **input** (cached): about N generated events, shared with ``bench
    sessionize`` (``<app.data_root>/bench/sessionize/<N>``, made once by
-   :func:`jobs.bench._input`; ``--regenerate`` remakes it);
+   :func:`jobs.bench_sessionize.bench_input`; ``--regenerate`` remakes it);
 2. **bronze** (cached, untimed): ``run_ingest`` of that raw Parquet into a
    bench-local data root, ``<app.data_root>/bench/features/<N>`` (its own
    tables whatever ``tables.*`` says, so the bench never touches real
@@ -55,7 +55,8 @@ from urllib.parse import urlparse
 from pyspark.sql import SparkSession
 
 from features.splits import SPLITS
-from jobs.bench import Timing, _as_dict, _input, _stage_profile, _timed, spark_sessionize_to_parquet
+from jobs.bench_sessionize import bench_input, spark_sessionize_to_parquet
+from jobs.benchkit import Timing, as_dict, stage_profile, timed
 from jobs.config import Config, SourceConfig
 from jobs.tables import TableError, TableIO
 
@@ -127,15 +128,15 @@ def _clear_outputs(tables: TableIO, cfg: Config) -> None:
 
 
 def _timed_job(spark: SparkSession, step: str, rows: int, cores: int, fn: Callable[[], Any]) -> tuple[Timing, Any]:
-    """Run ``fn`` under :func:`jobs.bench._timed` in its own Spark job group; the timing (with Spark's stage profile) and fn's result."""
+    """Run ``fn`` under :func:`jobs.benchkit.timed` in its own Spark job group; the timing (with Spark's stage profile) and fn's result."""
     group = f"bench-features-{step}-{time.time_ns()}"
     spark.sparkContext.setJobGroup(group, group)
     out: list[Any] = []
     try:
-        timing = _timed(step, rows, cores, True, lambda: out.append(fn()))
+        timing = timed(step, rows, cores, True, lambda: out.append(fn()))
     finally:
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    timing.stages = _stage_profile(spark, group)
+    timing.stages = stage_profile(spark, group)
     return timing, out[0]
 
 
@@ -159,7 +160,7 @@ def _best(current: Timing | None, new: Timing) -> Timing:
 
 
 def _rate_dict(t: Timing, examples: int) -> dict[str, Any]:
-    return _as_dict(t) | {"examples_per_s_per_core": examples / t.seconds / t.cores, "examples_per_cpu_s": examples / t.cpu_s if t.cpu_s else float("nan")}
+    return as_dict(t) | {"examples_per_s_per_core": examples / t.seconds / t.cores, "examples_per_cpu_s": examples / t.cpu_s if t.cpu_s else float("nan")}
 
 
 def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = False, repeat: int = 1) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = 
     cores = spark_cores(spark)
     root = Path(cfg.app.data_root) / "bench"
     log.info("bench features %d: [1/5] input (generated events, cached under %s)", n, root / "sessionize" / str(n))
-    inp = _input(spark, cfg, root / "sessionize" / str(n), n, regenerate)
+    inp = bench_input(spark, cfg, root / "sessionize" / str(n), n, regenerate)
     bcfg = bench_config(cfg, str(root / "features" / str(n)), inp["raw"])
     tables = TableIO(spark, bcfg)
     log.info("bench features %d: [2/5] bronze (ingest, untimed) in %s", n, bcfg.app.data_root)
@@ -222,7 +223,7 @@ def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = 
         "peak_rss_bytes": feat.peak_rss_bytes,
         "peak_jvm_rss_bytes": feat.peak_jvm_rss_bytes,
         "features": _rate_dict(feat, examples),
-        "sessionize": _as_dict(sess),
+        "sessionize": as_dict(sess),
         "gold_copy": _rate_dict(copy, examples),
         "features_over_sessionize": feat.events_per_s_per_core / sess.events_per_s_per_core,
         "features_over_gold_copy": copy.seconds / feat.seconds,  # the same rows on the same cores: the ratio of rates

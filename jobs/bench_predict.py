@@ -48,6 +48,7 @@ from typing import Any, Callable
 
 from pyspark.sql import functions as F
 
+from jobs.benchkit import PeakRss
 from jobs.common import Context
 from jobs.config import Config, load_config, to_dict
 from jobs.tables import TableIO
@@ -131,8 +132,6 @@ def _windows(tables: TableIO, cfg: Config, ckpt: Any, rows: int, out: str, cores
 
 
 def _timed(label: str, rows: int, cores: int, children: bool, fn: Callable[[], Any]) -> dict[str, Any]:
-    from jobs.bench import PeakRss
-
     with PeakRss(children=children) as mem:
         start = time.perf_counter()
         fn()

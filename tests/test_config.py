@@ -67,3 +67,24 @@ def test_mixture_needs_the_full_softmax():
     with pytest.raises(ConfigError, match=r"^train.repeat: mixture needs the full softmax \(train.num_negatives: 0\)"):
         load_config("local", REPO / "conf", ["train.num_negatives=64"])
     assert load_config("local", REPO / "conf", ["train.num_negatives=64", "train.repeat=recency_type"]).train.num_negatives == 64
+
+
+def test_missing_delta_jars_are_one_line_saying_how_to_fetch_them(tmp_path, monkeypatch):
+    from jobs.spark import delta_jars
+
+    monkeypatch.setenv("SHOPSEQ_DELTA_JARS", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^Delta Lake JARs missing in .* \(delta-spark_2.12-3.2.1.jar, delta-storage-3.2.1.jar\): run `make delta-jars`"):
+        delta_jars()
+    for name in ("delta-spark_2.12-3.2.1.jar", "delta-storage-3.2.1.jar"):
+        (tmp_path / name).write_bytes(b"")
+    assert delta_jars() == [str(tmp_path / "delta-spark_2.12-3.2.1.jar"), str(tmp_path / "delta-storage-3.2.1.jar")]
+
+
+def test_the_delta_jars_the_makefile_fetches_match_the_pinned_python_package():
+    import re
+
+    from jobs.spark import delta_version
+
+    make = re.search(r"^DELTA_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    pin = re.search(r"^delta-spark==(\S+)$", (REPO / "constraints.txt").read_text(), re.M)
+    assert make and pin and make[1] == pin[1] == delta_version() == "3.2.1"

@@ -58,3 +58,13 @@ def test_generated_data_two_ranks_beat_most_popular(spark, cfg_factory):
     m = data["purchase_label_mask"].bool()
     auc = roc_auc(data["purchase_label"][m].numpy(), out["purchase"][m].numpy())
     assert not math.isnan(auc) and auc > 0.6, auc  # margin 0.1 over chance
+
+    # Time travel: gold_train moves on, and its version in the checkpoint's lineage still reads exactly the rows training read
+    # (the files Delta's log lists for that version, which train.py hands to Petastorm).
+    used = state["lineage"]["gold_train_version"]
+    trained_on = spark.read.parquet(*tables.files("gold_train", version=used))
+    tables.overwrite("gold_train", tables.read("gold_train").limit(5), metadata={"test": "a later gold"})
+    assert tables.version("gold_train") == used + 1 and tables.read("gold_train").count() == 5
+    again = tables.read("gold_train", version=used)
+    assert again.count() == trained_on.count() > 5
+    assert again.exceptAll(trained_on).count() == 0 and trained_on.exceptAll(again).count() == 0

@@ -147,7 +147,8 @@ def test_to_bronze_on_generated_rows(spark, cfg_factory):
     t = ts("2024-01-05 08:00:00.000001")
     raw = spark.createDataFrame([("u1", "i1", "c1", "view", t, 2.5, None, "u1-s0"), ("u1", "i1", "c1", "view", t, 2.5, None, "u1-s0"),
                                  ("u2", "i2", "c2", "buy", t, 1.0, "b", "u2-s0")], schema)
-    got = to_bronze(raw, cfg_factory(*NOW), ingest_batch="bench")
+    cfg = cfg_factory(*NOW)
+    got = to_bronze(raw, cfg.ingest, resolve_source(cfg.source, "generated"), ingest_batch="bench")
     ident = '{"user_id":"u1","item_id":"i1","category_id":"c1","event_type":"view","event_time":"2024-01-05 08:00:00.000001","price":"2.5","brand":null,"session_hint":"u1-s0"}'
     want = [(eid("generated", ident), "u1", t, "view", "i1", "c1", 2.5, None, "u1-s0", date(2024, 1, 5), "bench")]  # dup collapsed, "buy" unknown
     assertDataFrameEqual(got, spark.createDataFrame(want, EVENT_SCHEMA))

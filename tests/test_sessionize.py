@@ -387,7 +387,7 @@ def test_bench_duckdb_sql_matches_the_spark_transforms(spark, tmp_path):
     """The DuckDB reference computes exactly the Spark outputs (repeats removed, bots flagged, midnight crossed)."""
     import duckdb
 
-    from jobs.bench import duckdb_sessionize_to_parquet, spark_sessionize_to_parquet
+    from jobs.bench_sessionize import duckdb_sessionize_to_parquet, spark_sessionize_to_parquet
 
     rows = FUNNEL_ROWS + [
         ev("r1", "u3", "2024-01-01 10:00:00", "view", "i1"),
