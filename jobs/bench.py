@@ -9,8 +9,11 @@ the model against the baselines and RecBole on the real samples).
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import sys
+from pathlib import Path
 
 from jobs.bench_sessionize import bench_sessionize
 from jobs.common import Context, InputError, run_stage, stage_parser
@@ -22,9 +25,9 @@ def build_parser():
     parser = stage_parser("bench", "Benchmarks reported as ratios against a reference engine in the same run.")
     parser.add_argument(
         "name",
-        choices=["sessionize", "train", "features", "predict", "quality"],
-        help="which benchmark ('sessionize'; 'train' runs jobs.bench_train; 'features' runs jobs.bench_features; 'predict' runs jobs.bench_predict; "
-        "'quality' runs jobs.bench_quality: model vs baselines on the real samples, per protocol)",
+        choices=["sessionize", "train", "features", "predict", "quality", "render"],
+        help="which benchmark ('sessionize': Spark against DuckDB; 'features', 'train', 'predict': those stages; "
+        "'quality': model vs baselines on the real samples, per protocol); 'render' re-renders every bench_<name>.md in --docs from its JSON",
     )
     parser.add_argument(
         "--events",
@@ -40,8 +43,29 @@ def build_parser():
     parser.add_argument("--samples", default=None, help="quality: comma-separated samples (default taobao,rees46,diginetica)")
     parser.add_argument("--protocols", default=None, help="quality: comma-separated protocol presets from conf/protocols (default recbole_loo,session,cutoff)")
     parser.add_argument("--peer", default=None, choices=["recbole"], help="quality: also run RecBole's SASRec and GRU4Rec on the recbole_loo split (needs `make peer-recbole`)")
-    parser.add_argument("--docs", default=None, metavar="DIR", help="quality: also write the Markdown page and plot into DIR (e.g. docs/benchmarks)")
+    parser.add_argument(
+        "--docs", default=None, metavar="DIR", help="also write the report's JSON and the Markdown page rendered from it into DIR, e.g. docs/benchmarks (default: only <app.data_root>/reports)"
+    )
     return parser
+
+
+RENDERERS = {name: f"jobs.bench_{name}" for name in ("sessionize", "features", "train", "predict", "quality")}
+
+
+def render_docs(out_dir: Path) -> list[Path]:
+    """Re-render ``bench_<name>.md`` from ``bench_<name>.json`` for every report in ``out_dir``; returns the pages written."""
+    written = []
+    for name, module in RENDERERS.items():
+        src = out_dir / f"bench_{name}.json"
+        if src.is_file():
+            page = out_dir / f"bench_{name}.md"
+            page.write_text(importlib.import_module(module).render_markdown(json.loads(src.read_text())))
+            written.append(page)
+    return written
+
+
+def _docs(ctx: Context) -> Path | None:
+    return Path(ctx.args.docs) if ctx.args.docs else None
 
 
 def _parse_sizes(text: str) -> list[int]:
@@ -59,11 +83,19 @@ def _run_train(ctx: Context) -> int:
     sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [None]
     if len(sizes) != 1:
         raise InputError("--events: bench train takes one event count")
-    bench_train(ctx, sizes[0])
+    bench_train(ctx, sizes[0], docs=_docs(ctx))
     return 0
 
 
 def _run(ctx: Context) -> int:
+    if ctx.args.name == "render":
+        if not ctx.args.docs:
+            raise InputError("bench render: give the folder with --docs DIR")
+        pages = render_docs(Path(ctx.args.docs))
+        if not pages:
+            raise InputError(f"bench render: no bench_<name>.json in {ctx.args.docs}")
+        log.info("re-rendered %s", ", ".join(str(p) for p in pages))
+        return 0
     if ctx.args.name == "train":
         return _run_train(ctx)
     if ctx.args.name == "quality":
@@ -78,14 +110,16 @@ def _run(ctx: Context) -> int:
         sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [None]
         if len(sizes) != 1 or (ctx.args.rows is not None and ctx.args.rows < 1):
             raise InputError("bench predict takes one --events count and a positive --rows")
-        bench_predict(ctx, sizes[0], rows=ctx.args.rows, repeat=ctx.args.repeat)
+        bench_predict(ctx, sizes[0], rows=ctx.args.rows, repeat=ctx.args.repeat, docs=_docs(ctx))
         return 0
     if ctx.args.name == "features":
         from jobs.bench_features import bench_features  # the features stage's benchmark (issue #4)
 
-        bench_features(ctx.spark, ctx.cfg, _parse_sizes(ctx.args.events or "1000000,10000000"), regenerate=ctx.args.regenerate, repeat=ctx.args.repeat)
+        bench_features(ctx.spark, ctx.cfg, _parse_sizes(ctx.args.events or "1000000,10000000"), regenerate=ctx.args.regenerate, repeat=ctx.args.repeat, docs=_docs(ctx))
         return 0
-    bench_sessionize(ctx.spark, ctx.cfg, _parse_sizes(ctx.args.events or "1000000"), regenerate=ctx.args.regenerate, with_ingest=ctx.args.ingest, repeat=ctx.args.repeat)
+    bench_sessionize(
+        ctx.spark, ctx.cfg, _parse_sizes(ctx.args.events or "1000000"), regenerate=ctx.args.regenerate, with_ingest=ctx.args.ingest, repeat=ctx.args.repeat, docs=_docs(ctx)
+    )
     return 0
 
 

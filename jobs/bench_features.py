@@ -56,7 +56,7 @@ from pyspark.sql import SparkSession
 
 from features.splits import SPLITS
 from jobs.bench_sessionize import bench_input, spark_sessionize_to_parquet
-from jobs.benchkit import Timing, as_dict, stage_profile, timed
+from jobs.benchkit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
 from jobs.config import Config, SourceConfig
 from jobs.tables import TableError, TableIO
 
@@ -237,11 +237,14 @@ def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = 
     return result
 
 
-def render_markdown(results: list[dict[str, Any]], load: str) -> str:
-    """The results as Markdown: a summary row per size, then the timed steps with their ratios."""
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: a summary row per size, then the timed steps with their ratios."""
+    results = report["results"]
     cores = results[0]["cores"] if results else 0
     lines = [
-        f"# bench features (Spark local[{cores}]; load average at the end: {load})",
+        f"# bench features (Spark local[{cores}], Delta through delta-spark, `tables.optimize: {str(report.get('optimize')).lower()}`)",
+        "",
+        provenance_line(report, "features"),
         "",
         "| events | examples (train / val / test) | wall s | examples/s/core | bytes/example | peak RSS GiB | features / sessionize | features / gold copy |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -271,21 +274,16 @@ def render_markdown(results: list[dict[str, Any]], load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_features(spark: SparkSession, cfg: Config, sizes: list[int] | tuple[int, ...] = DEFAULT_SIZES, regenerate: bool = False, repeat: int = 1) -> list[dict[str, Any]]:
-    """Run the features benchmark for each size; write ``reports/bench_features.{md,json}`` and return the results."""
-    results = []
+def bench_features(
+    spark: SparkSession, cfg: Config, sizes: list[int] | tuple[int, ...] = DEFAULT_SIZES, regenerate: bool = False, repeat: int = 1, docs: Path | None = None
+) -> dict[str, Any]:
+    """Run the features benchmark for each size; write ``reports/bench_features.{md,json}`` (also into ``docs``) and return the report."""
+    out_dirs = [Path(cfg.app.data_root) / "reports"] + ([docs] if docs else [])
+    report: dict[str, Any] = {"benchmark": "features", "optimize": cfg.tables.optimize, "repeat": repeat, "results": []}
+    md = ""
     for n in sizes:
-        results.append(bench_one_size(spark, cfg, n, regenerate=regenerate, repeat=repeat))
-        _write_report(cfg, results)  # after each size, so a long run leaves what it finished
-    md = _write_report(cfg, results)
-    log.info("bench features results (%s):\n%s", Path(cfg.app.data_root) / "reports" / "bench_features.md", md)
-    return results
-
-
-def _write_report(cfg: Config, results: list[dict[str, Any]]) -> str:
-    reports = Path(cfg.app.data_root) / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    md = render_markdown(results, " ".join(f"{x:.1f}" for x in os.getloadavg()))
-    (reports / "bench_features.md").write_text(md)
-    (reports / "bench_features.json").write_text(json.dumps(results, indent=2, default=str))
-    return md
+        report["results"].append(bench_one_size(spark, cfg, n, regenerate=regenerate, repeat=repeat))
+        report |= provenance(cfg.spark)
+        md = write_report("features", report, render_markdown, out_dirs)  # after each size, so a long run leaves what it finished
+    log.info("bench features results (%s):\n%s", out_dirs[0] / "bench_features.md", md)
+    return report

@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 from pyspark.sql import functions as F
 
-from jobs.benchkit import PeakRss
+from jobs.benchkit import PeakRss, provenance, provenance_line, write_report
 from jobs.common import Context
 from jobs.config import Config, load_config, to_dict
 from jobs.tables import TableIO
@@ -153,7 +153,7 @@ def _timed(label: str, rows: int, cores: int, children: bool, fn: Callable[[], A
     return out
 
 
-def bench_predict(ctx: Context, events: int | None, rows: int | None = None, repeat: int = 1) -> dict[str, Any]:
+def bench_predict(ctx: Context, events: int | None, rows: int | None = None, repeat: int = 1, docs: Path | None = None) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); write and return the report."""
     import torch
 
@@ -222,9 +222,10 @@ def bench_predict(ctx: Context, events: int | None, rows: int | None = None, rep
         "ratio_cpu": spark["rows_per_cpu_s"] / ref["rows_per_cpu_s"],
         "ratio_with_write": best["spark (mapInPandas -> parquet)"]["rows_per_s"] / ref["rows_per_s"],
         "target": TARGET,
-        "load_average": list(os.getloadavg()),
     }
-    _write_report(ctx.cfg, report)
+    report |= provenance()
+    md = write_report("predict", report, render_markdown, [Path(ctx.cfg.app.data_root, "reports")] + ([docs] if docs else []))
+    log.info("bench predict results:\n%s", md)
     shutil.rmtree(work, ignore_errors=True)
     return report
 
@@ -236,9 +237,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# bench predict ({report['cores']} cores; {report['rows']:,} windows; model {m.get('encoder')} dim {m.get('dim')} x {m.get('layers')} layers, "
         f"L {m['max_len']}, {m['items']:,} items; top-{report['top_k']}, batch {report['batch_size']})",
         "",
+        provenance_line(report, "predict"),
+        "",
         f"Ratios are each path over {REFERENCE} on all {report['cores']} cores, by wall time (rows/s) and by CPU time used (rows per",
         f"CPU-second, less sensitive to other load on a shared machine). Target: Spark (noop) >= {report['target']}x by rows/s.",
-        f"Load average at the end: {' '.join(f'{x:.1f}' for x in report['load_average'])}. Peak RSS: the driver Python",
+        "Peak RSS: the driver Python",
         "with its JVM and Python workers for Spark (JVM apart), this process for the in-process paths.",
         "",
         "| path | cores | seconds | rows/s | ratio | CPU s | rows/CPU-s | ratio (CPU) | peak RSS GiB |",
@@ -253,10 +256,3 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_report(cfg: Config, report: dict[str, Any]) -> None:
-    out = Path(cfg.app.data_root, "bench")
-    out.mkdir(parents=True, exist_ok=True)
-    md = render_markdown(report)
-    (out / "bench_predict.md").write_text(md)
-    (out / "bench_predict.json").write_text(json.dumps(report, indent=2, default=str))
-    log.info("bench predict results (%s):\n%s", out / "bench_predict.md", md)

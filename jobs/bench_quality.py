@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.benchkit import version as benchkit_version
 from jobs.common import Context, InputError, protocol_layer
 from jobs.config import Config, load_config
 from jobs.tables import TableIO
@@ -228,20 +229,6 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def _version() -> tuple[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("shopseq")
-    except PackageNotFoundError:
-        v = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=False).stdout.strip() or None
-    except OSError:
-        commit = None
-    return v, commit
-
-
 def bench_quality(ctx: Context, data_dir: Path, samples: list[str], protocols: list[str], peer: str | None = None, docs: Path | None = None) -> dict[str, Any]:
     """Run every (sample, protocol) case, optionally the RecBole peer, and write the results."""
     from datetime import datetime, timezone
@@ -251,7 +238,7 @@ def bench_quality(ctx: Context, data_dir: Path, samples: list[str], protocols: l
         raise InputError(f"--data-dir {data_dir}: missing sample file(s) {', '.join(SAMPLES[s][0] for s in missing)}")
     if peer == "recbole" and not recbole_python().is_file():
         raise InputError(f"--peer recbole: no RecBole environment at {RECBOLE_VENV} (run `make peer-recbole` first)")
-    version, commit = _version()
+    version, commit = benchkit_version()
     report: dict[str, Any] = {
         "version": version,
         "commit": commit,

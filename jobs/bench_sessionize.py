@@ -43,7 +43,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 
 from features.schema import EVENT_COLUMNS
 from features.sessionize import FUNNEL_ORDER, removal_metrics, sessionize, sessions_table, silver_events
-from jobs.benchkit import Timing, as_dict, stage_profile, timed
+from jobs.benchkit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
 from jobs.common import InputError
 from jobs.config import Config, SessionizeConfig
 
@@ -272,18 +272,21 @@ def _parquet_glob(path: str) -> str:
     return path if path.endswith(".parquet") else os.path.join(path, "**", "*.parquet")
 
 
-def render_markdown(results: list[dict[str, Any]], cores: int, load: str) -> str:
-    """The results as a Markdown table (one row per size and engine)."""
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: one row per size and engine, under the line saying where the numbers come from."""
+    cores = report["cores"]
     lines = [
         f"# bench sessionize ({cores} cores each: Spark local[{cores}], DuckDB threads={cores})",
         "",
+        provenance_line(report, "sessionize"),
+        "",
         "Throughput by wall time (events/s/core) and by CPU time used (events per CPU-second: less sensitive to",
-        f"other load on a shared machine; load average at the end: {load}). Ratios are Spark / DuckDB.",
+        "other load on a shared machine). Ratios are Spark / DuckDB; the fastest of `repeat` alternating runs is kept.",
         "",
         "| events | engine | wall s | events/s/core | ratio (wall) | CPU s | events/CPU-s | ratio (CPU) | peak RSS GiB | outputs match |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for res in results:
+    for res in report["results"]:
         ref = res["duckdb"]
         for t in res["timings"]:
             jvm = f" (JVM {t['peak_jvm_rss_bytes'] / 2**30:.2f})" if t.get("peak_jvm_rss_bytes") else ""
@@ -295,8 +298,10 @@ def render_markdown(results: list[dict[str, Any]], cores: int, load: str) -> str
     return "\n".join(lines) + "\n"
 
 
-def bench_sessionize(spark: SparkSession, cfg: Config, sizes: list[int], regenerate: bool = False, with_ingest: bool = True, repeat: int = 1) -> list[dict[str, Any]]:
-    """Run the Spark-vs-DuckDB sessionize benchmark for each size; write and return the results.
+def bench_sessionize(
+    spark: SparkSession, cfg: Config, sizes: list[int], regenerate: bool = False, with_ingest: bool = True, repeat: int = 1, docs: Path | None = None
+) -> dict[str, Any]:
+    """Run the Spark-vs-DuckDB sessionize benchmark for each size; write the report (also into ``docs``) and return it.
 
     Each engine runs ``repeat`` times, alternating; the fastest run of each is reported.
     """
@@ -350,10 +355,7 @@ def bench_sessionize(spark: SparkSession, cfg: Config, sizes: list[int], regener
         )  # fmt: skip
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / "duckdb_tmp", ignore_errors=True)
-    reports = root / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    md = render_markdown(results, cores, " ".join(f"{x:.1f}" for x in os.getloadavg()))
-    (reports / "bench_sessionize.md").write_text(md)
-    (reports / "bench_sessionize.json").write_text(json.dumps(results, indent=2, default=str))
-    log.info("bench sessionize results (%s):\n%s", reports / "bench_sessionize.md", md)
-    return results
+    report = {**provenance(cfg.spark), "benchmark": "sessionize", "cores": cores, "repeat": repeat, "results": results}
+    md = write_report("sessionize", report, render_markdown, [root / "reports"] + ([docs] if docs else []))
+    log.info("bench sessionize results (%s):\n%s", root / "reports" / "bench_sessionize.md", md)
+    return report

@@ -15,11 +15,12 @@ events in ``<app.data_root>/bench/train``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
+from jobs.benchkit import provenance, provenance_line, write_report
 from jobs.common import Context
 from jobs.config import Config
 from jobs.tables import TableIO
@@ -45,7 +46,7 @@ def _build_gold(ctx: Context, events: int) -> tuple[TableIO, Config]:
     return tables, cfg
 
 
-def bench_train(ctx: Context, events: int | None, epochs: int = 3, ranks: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+def bench_train(ctx: Context, events: int | None, epochs: int = 3, ranks: tuple[int, ...] = (1, 2), docs: Path | None = None) -> dict[str, Any]:
     """Samples/s of both data sources for each rank count; writes ``reports/bench_train.{md,json}``."""
     from jobs.train import load_schema
     from training.launch import launch
@@ -84,14 +85,19 @@ def bench_train(ctx: Context, events: int | None, epochs: int = 3, ranks: tuple[
         mem = next(r["samples_per_s"] for r in rows if r["ranks"] == n and r["source"] == "memory")
         pet = next(r["samples_per_s"] for r in rows if r["ranks"] == n and r["source"] == "petastorm")
         report["ratios"][str(n)] = pet / mem if mem else float("nan")
-    _write_report(cfg, report)
+    report |= provenance()
+    md = write_report("train", report, render_markdown, [Path(cfg.app.data_root, "reports")] + ([docs] if docs else []))
+    log.info("bench train:\n%s", md)
     return report
 
 
-def _write_report(cfg: Config, report: dict[str, Any]) -> None:
-    out = os.path.join(cfg.app.data_root, "reports")
-    os.makedirs(out, exist_ok=True)
+def render_markdown(report: dict[str, Any]) -> str:
+    """Samples/s of the in-memory and Petastorm sources per rank count, and their ratio against the target."""
     lines = [
+        f"# bench train (batch {report['batch_size']})",
+        "",
+        provenance_line(report, "train"),
+        "",
         "| ranks | in-memory samples/s | Petastorm samples/s | Petastorm / in-memory |",
         "|---|---|---|---|",
     ]
@@ -99,9 +105,4 @@ def _write_report(cfg: Config, report: dict[str, Any]) -> None:
         mem = next(r["samples_per_s"] for r in report["rows"] if str(r["ranks"]) == n and r["source"] == "memory")
         pet = next(r["samples_per_s"] for r in report["rows"] if str(r["ranks"]) == n and r["source"] == "petastorm")
         lines.append(f"| {n} | {mem:,.0f} | {pet:,.0f} | {ratio:.2f}x (target >= {report['target']}x) |")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "bench_train.md"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(out, "bench_train.json"), "w") as fh:
-        json.dump(report, fh, indent=1)
-    log.info("bench train:\n%s", text)
+    return "\n".join(lines) + "\n"

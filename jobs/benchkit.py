@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from pyspark.sql import SparkSession
 
@@ -154,3 +160,63 @@ def stage_profile(spark: SparkSession, group: str) -> list[dict[str, Any]]:
 
 def as_dict(t: Timing) -> dict[str, Any]:
     return asdict(t) | {"events_per_s_per_core": t.events_per_s_per_core, "events_per_cpu_s": t.events_per_cpu_s}
+
+
+def version() -> tuple[str, str | None]:
+    """The installed shopseq version and the short git commit of this checkout (None outside a git checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        v = dist_version("shopseq")
+    except PackageNotFoundError:
+        v = "unknown"
+    try:
+        here = Path(__file__).parent
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here, check=False).stdout.strip() or None
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=here.parent, check=False, capture_output=True).returncode == 1
+        commit = f"{commit}+uncommitted changes" if commit and dirty else commit
+    except OSError:
+        commit = None
+    return v, commit
+
+
+def provenance(spark: Any = None) -> dict[str, Any]:
+    """What a published figure needs beside it: the version and commit it was measured on, when, on what machine, under what load.
+
+    With a ``spark`` config (:class:`jobs.config.SparkConfig`), also its master, shuffle partitions and driver memory.
+    """
+    import psutil
+
+    v, commit = version()
+    settings = {"spark": {"master": spark.master, "shuffle_partitions": spark.shuffle_partitions, "driver_memory": spark.driver_memory}} if spark else {}
+    return settings | {
+        "version": v,
+        "commit": commit,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.machine()}",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def provenance_line(report: dict[str, Any], name: str) -> str:
+    """The line every generated page starts with: where its numbers come from, and how to regenerate it."""
+    load = " ".join(f"{x:.1f}" for x in report.get("load_average", []))
+    return (
+        f"Measured on shopseq {report.get('version')} (commit {report.get('commit')}), {report.get('created')}, {report.get('machine')}; "
+        f"load average at the end {load}."
+        + (f" Spark {sp['master']}, {sp['shuffle_partitions']} shuffle partitions, driver memory {sp['driver_memory']}." if (sp := report.get("spark")) else "")
+        + f" Generated from `bench_{name}.json` by `shopseq bench {name} ... --docs DIR` "
+        "(or `shopseq bench render --docs DIR`): do not edit by hand."
+    )
+
+
+def write_report(name: str, report: dict[str, Any], render: Callable[[dict[str, Any]], str], out_dirs: Iterable[Path | str]) -> str:
+    """``bench_<name>.json`` and the Markdown rendered from it into each folder (the data root's reports, and ``--docs``); returns the Markdown."""
+    md = render(report)
+    for out in out_dirs:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"bench_{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        (out / f"bench_{name}.md").write_text(md)
+    return md

@@ -24,7 +24,8 @@ def test_bench_features_end_to_end_reports_what_the_gold_tables_hold(spark, tmp_
     argv = ["features", "--events", "20000", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}"]
     assert main([*argv, *[a for o in SMALL for a in ("--set", o)]]) == 0
 
-    results = json.loads((tmp_path / "reports" / "bench_features.json").read_text())
+    report = json.loads((tmp_path / "reports" / "bench_features.json").read_text())
+    results = report["results"]
     assert len(results) == 1
     r = results[0]
     cfg = load_config("local", REPO / "conf", [f"app.data_root={tmp_path}"])
