@@ -23,6 +23,8 @@ help:
 	@echo "make test   set up .venv (first time a few minutes: the Horovod build, then cached) and run the test suite"
 	@echo "make run    set up .venv and run the whole pipeline locally (shopseq run)"
 	@echo "make peer-recbole  RecBole's own venv outside the repo, for shopseq bench quality --peer recbole"
+	@echo "make dist   the wheel (conf inside) and the --py-files zip in dist/, for spark-submit (docs/operations.md)"
+	@echo "make dist-env  also a packed environment (venv-pack) in dist/, for spark-submit --archives"
 
 setup: $(STAMP)
 
@@ -85,6 +87,44 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache spark-warehouse shopseq-data
+
+# Packaging for spark-submit on any cluster manager (docs/operations.md#on-a-cluster-spark-submit), into $(DIST):
+# - the wheel, with conf/ inside as jobs/conf (the config loader's fallback when no conf folder is given);
+# - the --py-files zip: the wheel's packages and conf without its metadata (PySpark puts .zip, .egg and .jar
+#   files on the executors' sys.path, never a .whl).
+# `make dist-env` adds a packed environment for --archives (venv-pack): a fresh venv in $(DIST_ENV_VENV) with the
+# wheel, its dependencies under constraints.txt and Horovod. Its python links to $(PYTHON)'s installation, which the
+# nodes need at the same path (or DIST_ENV_PYTHON_PREFIX=<that Python's prefix on the nodes>).
+DIST ?= dist
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+WHEEL := $(DIST)/shopseq-$(VERSION)-py3-none-any.whl
+PYFILES_ZIP := $(DIST)/shopseq-$(VERSION)-pyfiles.zip
+ENV_PACK := $(DIST)/shopseq-$(VERSION)-env.tar.gz
+DIST_ENV_VENV ?= build/dist-env
+DIST_ENV_EXTRAS ?= cluster,tracking
+DIST_ENV_PYTHON_PREFIX ?=
+VENV_PACK_VERSION := 0.2.0
+
+.PHONY: dist dist-env
+dist: $(STAMP)
+	rm -rf build/lib build/bdist.* $(WHEEL) $(PYFILES_ZIP)   # setuptools reuses build/lib: a deleted module would stay in the wheel
+	$(PIP) wheel -q --no-deps --no-build-isolation -w $(DIST) .
+	$(PY) -c 'import sys, zipfile; whl, out = zipfile.ZipFile(sys.argv[1]), zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_DEFLATED); \
+	  [out.writestr(i, whl.read(i)) for i in whl.infolist() if ".dist-info/" not in i.filename]; out.close()' $(WHEEL) $(PYFILES_ZIP)
+	@echo "== $(WHEEL) (pip install it: conf inside) and $(PYFILES_ZIP) (--py-files)"
+
+dist-env: dist
+	@set -euo pipefail; echo "== dist-env: $(DIST_ENV_VENV) packed into $(ENV_PACK) (torch $(TORCH_VERSION) and its CUDA libraries: GBs)"; \
+	rm -rf $(DIST_ENV_VENV) $(ENV_PACK); $(PYTHON) -m venv $(DIST_ENV_VENV); \
+	pip="$(DIST_ENV_VENV)/bin/python -m pip --disable-pip-version-check"; \
+	$$pip install -q --upgrade "pip>=24" "setuptools>=77" wheel; \
+	$$pip install -q -c constraints.txt torch==$(TORCH_VERSION); \
+	$$pip install -q -c constraints.txt "$(WHEEL)[$(DIST_ENV_EXTRAS)]" cloudpickle psutil pyyaml packaging cffi; \
+	$$pip install -q --no-deps $(WHEEL_CACHE)/horovod-$(HOROVOD_VERSION)-*.whl; \
+	$(DIST_ENV_VENV)/bin/python -c "import jobs.config, training.model, horovod.torch, pyspark, delta; jobs.config.load_config('cluster')"; \
+	$(PIP) install -q venv-pack==$(VENV_PACK_VERSION); \
+	$(VENV)/bin/venv-pack -p $(DIST_ENV_VENV) -o $(ENV_PACK) $(if $(DIST_ENV_PYTHON_PREFIX),--python-prefix $(DIST_ENV_PYTHON_PREFIX)); \
+	ls -l $(ENV_PACK)
 
 # RecBole (SASRec, GRU4Rec) as the peer of `shopseq bench quality --peer recbole`. recbole 1.2.1 needs
 # numpy < 2 and older packages, so it lives in its own venv outside the repo (reused like the Horovod

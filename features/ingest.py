@@ -7,15 +7,23 @@ A source is described by a :class:`~jobs.config.SourceConfig` (a preset or a
 
 Steps, chained with ``DataFrame.transform`` (:func:`classify_raw` runs them all):
 
-1. :func:`to_records`: one record per physical line (or Parquet row):
-   ``raw`` (the line itself; for Parquet, the row as JSON with every value cast
-   to string), ``input_file``, ``src`` (a struct of the source columns as
-   strings), ``is_malformed``, ``is_header``. CSV lines are split with
-   ``from_csv`` in PERMISSIVE mode with a corrupt-record column, so a line with
+1. :func:`to_records`: one record per physical line (or Parquet row; or, for a
+   JSON source with ``source.explode``, per element of that array): ``raw``
+   (the line's bytes as read, a UTF-8 byte-order mark removed; for Parquet the
+   row as JSON with every value cast to string; for an exploded element the
+   record's columns as JSON), ``input_file``, ``src`` (a struct of the source
+   columns as strings), ``line_problem`` (the line-level reason, null when
+   none) and ``is_header``. A line that is not valid UTF-8 or holds a control
+   character (NUL, ...: binary data, UTF-16) is ``invalid_encoding`` and is not
+   parsed further. CSV lines are split with ``from_csv`` (RFC 4180 quoting:
+   ``""`` inside a quoted field is one ``"``, unless ``options.escape`` says
+   otherwise) in PERMISSIVE mode with a corrupt-record column, so a line with
    the wrong number of fields is flagged, never dropped or silently padded.
+   JSON mapping columns may be paths into nested objects (``user.id``).
 2. :func:`to_canonical`: source columns -> canonical columns, per
-   ``source.mapping`` / ``constants``: values are trimmed, ``null_values``
-   become null, times are parsed per ``time_format`` (+ ``time_offset_column``
+   ``source.mapping`` / ``constants``: values are trimmed; empty values, the
+   literals ``null`` (any case) and ``\\N`` and the ``null_values`` become
+   null; times are parsed per ``time_format`` (+ ``time_offset_column``
    milliseconds), event types are mapped through ``event_types``, prices are
    parsed only when they look numeric, a missing user id is replaced by
    ``user_fallback_prefix + <user_fallback_column>`` when configured (Diginetica:
@@ -26,7 +34,13 @@ Steps, chained with ``DataFrame.transform`` (:func:`classify_raw` runs them all)
    ============================  ===================================================
    reason                        rule
    ============================  ===================================================
-   ``unparseable_line``          blank line, wrong column count, bad quoting / JSON
+   ``invalid_encoding``          not UTF-8, or a control character other than tab
+                                 (binary data, UTF-16, Latin-1); the quarantine row
+                                 keeps the exact bytes in ``raw_base64``
+   ``bad_quoting``               CSV: an odd number of quote characters (escaped
+                                 ones aside): a quoted field left open (each line
+                                 of a field spanning lines), or a stray quote
+   ``unparseable_line``          blank line, wrong column count, not a JSON object
    ``missing_required``          user_id or item_id missing (after the fallback)
    ``unparseable_time``          event_time missing or not parseable in its format
    ``before_min_time``           event_time < ``ingest.min_event_time``
@@ -36,18 +50,24 @@ Steps, chained with ``DataFrame.transform`` (:func:`classify_raw` runs them all)
    ============================  ===================================================
 
 4. :func:`add_lineage`: ``event_id = sha2-256(source_format || 0x1f || raw)``
-   (hex), ``quarantine_id = sha2-256(source_format || 0x1f || raw || 0x1f ||
-   reason)``, ``event_date`` (UTC) and ``ingest_batch``. The same line in the
-   same format always gets the same id, so exact duplicates collapse.
+   (hex, over raw's bytes), ``quarantine_id = sha2-256(source_format || 0x1f ||
+   raw || 0x1f || reason)``, ``event_date`` (UTC) and ``ingest_batch``. The same
+   line in the same format always gets the same id, so exact duplicates
+   collapse; lines that differ only in undecodable bytes keep distinct ids.
 5. :func:`mark_outcomes`: against the keys already stored (bronze event ids,
    quarantine ids) and within the batch, each record becomes ``header``,
    ``accepted``, ``quarantined`` or ``duplicate``; :func:`bronze_rows`,
    :func:`quarantine_rows` and :func:`outcome_counts` read that off.
+   :func:`input_counts` counts lines and records on the raw lines, for the job's
+   check that every record lands in exactly one bucket.
 
 Header lines (only for sources with ``options.header: "true"``) are lines whose
-fields all equal the column names; they are counted, not ingested. Times
-without a zone are UTC. Multi-line quoted CSV fields and multi-line JSON are not
-supported: their pieces are quarantined as ``unparseable_line``.
+fields all equal the column names, anywhere in a file; they are counted, not
+ingested. Times without a zone are UTC. Lines end at ``\\n``, ``\\r\\n`` or a lone
+``\\r``. A quoted CSV field spanning lines is not joined: its first and last
+lines are quarantined as ``bad_quoting`` (a middle line without quotes is judged
+on its own); a JSON object spanning lines is quarantined line by line as
+``unparseable_line``.
 """
 
 from __future__ import annotations
@@ -67,6 +87,8 @@ from features.params import ConfigError, IngestConfig, SourceConfig
 log = logging.getLogger(__name__)
 
 REASONS: tuple[str, ...] = (
+    "invalid_encoding",
+    "bad_quoting",
     "unparseable_line",
     "missing_required",
     "unparseable_time",
@@ -75,15 +97,18 @@ REASONS: tuple[str, ...] = (
     "unknown_event_type",
     "invalid_price",
 )
+LINE_REASONS: tuple[str, ...] = REASONS[:3]  # decided on the line itself, before any field is read
 OUTCOMES: tuple[str, ...] = ("header", "accepted", "quarantined", "duplicate")
 CANONICAL_KEYS: tuple[str, ...] = ("user_id", "item_id", "event_time", "event_type", "category_id", "price", "brand", "source_session_id")
 REQUIRED_KEYS: tuple[str, ...] = ("user_id", "item_id", "event_time", "event_type")
-RECORD_COLUMNS: list[str] = ["raw", "input_file", "src", "is_malformed", "is_header"]
+RECORD_COLUMNS: list[str] = ["raw", "input_file", "src", "line_problem", "is_header"]
+NULL_LITERALS: tuple[str, ...] = ("null", "\\n")  # lower-cased: NULL / null / Null and \N (database dumps) are missing values
 
 QUARANTINE_SCHEMA = T.StructType(
     [
-        T.StructField("quarantine_id", T.StringType(), False),  # sha2 of (source_format, raw, reason): the idempotence key
-        T.StructField("raw", T.StringType(), False),  # the physical line (Parquet: the row as JSON of strings)
+        T.StructField("quarantine_id", T.StringType(), False),  # sha2 of (source_format, raw bytes, reason): the idempotence key
+        T.StructField("raw", T.StringType(), False),  # the physical line (Parquet: the row as JSON of strings); invalid_encoding: undecodable bytes as U+FFFD
+        T.StructField("raw_base64", T.StringType(), True),  # invalid_encoding only: the line's exact bytes, base64
         T.StructField("reason", T.StringType(), False),  # one of REASONS
         T.StructField("source_format", T.StringType(), False),
         T.StructField("input_file", T.StringType(), True),
@@ -95,10 +120,12 @@ QUARANTINE_COLUMNS: list[str] = [f.name for f in QUARANTINE_SCHEMA.fields]
 
 _SEP = "\u001f"  # unit separator between hashed parts
 _CORRUPT = "_corrupt_record"
+_CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"  # C0 controls but tab (line ends never reach a line) and DEL: binary data, UTF-16
 _NUMBER = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
 _UNIX_S = r"^[+-]?[0-9]{1,11}([.][0-9]{1,6})?$"  # up to year ~5000; longer is unparseable, not an overflow
 _UNIX_MS = r"^[+-]?[0-9]{1,14}([.][0-9]{1,3})?$"
 _OFFSET_MS = r"^[0-9]{1,12}$"
+_PARSER_KEYS = ("header", "mode", "multiLine", "inferSchema", "columnNameOfCorruptRecord")  # options the line reader decides itself
 
 
 @dataclass(frozen=True)
@@ -137,42 +164,144 @@ def _is_header_source(source: SourceConfig) -> bool:
 # --------------------------------------------------------------------------- 1. records
 
 
+def decode_line(value: Column) -> tuple[Column, Column, Column]:
+    """A physical line as read (``value``: Spark keeps the bytes, valid UTF-8 or not) -> ``(raw, text, bad_encoding)``.
+
+    ``raw``: the bytes without a leading UTF-8 byte-order mark, as a string
+    (still the exact bytes: ids hash them). ``bad_encoding``: not valid UTF-8
+    (Spark's decode-encode round trip changes the bytes) or a control
+    character. ``text``: ``raw`` with undecodable bytes as U+FFFD, safe to
+    parse and to store.
+    """
+    data = value.cast("binary")
+    body = F.when(data.substr(1, 3) == F.unhex(F.lit("EFBBBF")), data.substr(F.lit(4), F.length(data))).otherwise(data)
+    raw = body.cast("string")
+    round_trip = F.encode(raw, "UTF-8")
+    not_utf8 = round_trip != body
+    return raw, F.when(not_utf8, F.decode(round_trip, "UTF-8")).otherwise(raw), not_utf8 | raw.rlike(_CONTROL)
+
+
+def _reader_options(source: SourceConfig) -> dict[str, str]:
+    """The source's CSV/JSON options for ``from_csv``/``from_json``: PERMISSIVE with a corrupt-record column; CSV escape = quote (RFC 4180)."""
+    opts = {k: str(v) for k, v in source.options.items() if k not in _PARSER_KEYS}
+    if source.reader == "csv" and opts.get("quote", '"') and "escape" not in opts:
+        opts["escape"] = opts.get("quote", '"')  # "" inside a quoted field is one quote (Spark's own default escape is \)
+    opts.update(mode="PERMISSIVE", columnNameOfCorruptRecord=_CORRUPT)
+    return opts
+
+
+def _odd_quotes(text: Column, opts: dict[str, str]) -> Column:
+    """True where the line holds an odd number of quote characters, escaped ones (``escape`` + any character) aside."""
+    quote, escape = opts.get("quote", '"'), opts.get("escape", "")
+    if not quote:
+        return F.lit(False)  # quoting turned off
+    unescaped = text if escape in ("", quote) else F.regexp_replace(text, "(?s)\\Q" + escape + "\\E.", "")
+    count = F.length(unescaped) - F.length(F.regexp_replace(unescaped, "\\Q" + quote + "\\E", ""))
+    return F.when(F.instr(text, quote) > 0, count % 2 == 1).otherwise(F.lit(False))
+
+
+def _json_path(struct: Column, column: str) -> Column:
+    """``column`` of a parsed JSON object: a top-level key, or ``a.b.c`` = key ``b.c`` inside the object under ``a``."""
+    top, _, rest = column.partition(".")
+    value = struct.getField(top)
+    return F.get_json_object(value, "$" + "".join(f"['{k}']" for k in rest.split("."))) if rest else value
+
+
+def _json_schema(columns: list[str], explode: str | None) -> T.StructType:
+    """Top-level keys as strings (nested objects arrive as their JSON text), ``explode`` as an array of JSON texts."""
+    tops = [c for c in dict.fromkeys(col.partition(".")[0] for col in columns) if c != explode]
+    fields = [T.StructField(c, T.StringType()) for c in tops]
+    if explode:
+        fields.append(T.StructField(explode, T.ArrayType(T.StringType())))
+    return T.StructType(fields + [T.StructField(_CORRUPT, T.StringType())])
+
+
+def _columns_of(source: SourceConfig) -> list[str]:
+    columns = list(source.columns) or (source_columns_needed(source) if source.reader == "json" else [])
+    if not columns:
+        raise ConfigError("'source.columns' is required for a CSV source without a header")
+    return columns
+
+
+def _csv_records(lines: DataFrame, source: SourceConfig, raw: Column, text: Column, bad_encoding: Column) -> DataFrame:
+    columns = _columns_of(source)
+    opts = _reader_options(source)
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [T.StructField(_CORRUPT, T.StringType())])
+    ddl = ", ".join(f"`{f.name.replace('`', '``')}` STRING" for f in schema.fields)  # quoted: any column name
+    parsed = F.from_csv(text, F.lit(ddl), opts)
+    malformed = (F.trim(text) == "") | parsed.isNull() | parsed.getField(_CORRUPT).isNotNull()
+    problem = F.when(bad_encoding, F.lit("invalid_encoding")).when(_odd_quotes(text, opts), F.lit("bad_quoting")).when(malformed, F.lit("unparseable_line"))
+    if _is_header_source(source):
+        header = F.lit(True)
+        for c in columns:
+            header = header & (F.lower(F.trim(parsed.getField(c))) == c.lower())
+        header = F.coalesce(header & problem.isNull(), F.lit(False))
+    else:
+        header = F.lit(False)
+    return lines.select(
+        raw.alias("raw"),
+        _input_file(lines),
+        F.struct(*[parsed.getField(c).alias(c) for c in columns]).alias("src"),
+        problem.alias("line_problem"),
+        header.alias("is_header"),
+    )
+
+
+def _json_parsed(text: Column, bad_encoding: Column, source: SourceConfig) -> tuple[Column, Column]:
+    """``(parsed line, line problem)`` of a JSON line; ``parsed`` is null where the line has a problem."""
+    parsed = F.from_json(text, _json_schema(_columns_of(source), source.explode), _reader_options(source))
+    malformed = (F.trim(text) == "") | parsed.isNull() | parsed.getField(_CORRUPT).isNotNull()
+    problem = F.when(bad_encoding, F.lit("invalid_encoding")).when(malformed, F.lit("unparseable_line"))
+    return F.when(problem.isNull(), parsed), problem
+
+
+def _json_records(lines: DataFrame, source: SourceConfig, raw: Column, text: Column, bad_encoding: Column) -> DataFrame:
+    columns = _columns_of(source)
+    parsed, problem = _json_parsed(text, bad_encoding, source)
+    if not source.explode:
+        return lines.select(
+            raw.alias("raw"),
+            _input_file(lines),
+            F.struct(*[_json_path(parsed, c).alias(c) for c in columns]).alias("src"),
+            problem.alias("line_problem"),
+            F.lit(False).alias("is_header"),
+        )
+    # One record per element of the array (one for a line without elements, so that every line is accounted for).
+    exploded = lines.select(raw.alias("_line"), _input_file(lines), parsed.alias("_top"), problem.alias("_problem")).select(
+        "*", F.explode_outer(F.col("_top").getField(source.explode)).alias("_elem")
+    )
+    element = F.from_json(F.col("_elem"), _json_schema(columns, None), _reader_options(source))
+    bad_element = F.col("_elem").isNotNull() & (element.isNull() | element.getField(_CORRUPT).isNotNull())
+    src = F.struct(*[F.coalesce(_json_path(element, c), _json_path(F.col("_top"), c)).alias(c) for c in columns])
+    # raw: the element's columns as JSON; a bad element as the line's other columns with the element's text; no element: the line.
+    tops = [f.name for f in _json_schema(columns, source.explode).fields if f.name not in (source.explode, _CORRUPT)]
+    as_found = F.struct(*[F.col("_top").getField(c).alias(c) for c in tops], F.col("_elem").alias(source.explode))
+    raw = (
+        F.when(F.col("_elem").isNull(), F.col("_line"))
+        .when(bad_element, F.to_json(as_found, {"ignoreNullFields": "true"}))  # only the keys the line has
+        .otherwise(F.to_json(src, {"ignoreNullFields": "false"}))
+    )
+    return exploded.select(
+        raw.alias("raw"),
+        "input_file",
+        src.alias("src"),
+        F.coalesce(F.col("_problem"), F.when(bad_element, F.lit("unparseable_line"))).alias("line_problem"),
+        F.lit(False).alias("is_header"),
+    )
+
+
 def lines_to_records(lines: DataFrame, source: SourceConfig) -> DataFrame:
     """Split physical lines into source fields (CSV via ``from_csv``, JSON lines via ``from_json``).
 
     Needs: ``value`` (one physical line), ``input_file`` (optional; null when
     absent). Returns: :data:`RECORD_COLUMNS`. CSV needs ``source.columns``;
-    JSON defaults to the columns the mapping reads.
+    JSON defaults to the columns the mapping reads. A JSON source with
+    ``source.explode`` yields one record per element of that array.
     """
-    columns = list(source.columns) or (source_columns_needed(source) if source.reader == "json" else [])
-    if not columns:
-        raise ConfigError("'source.columns' is required for a CSV source without a header")
-    fields = [T.StructField(c, T.StringType()) for c in columns]
-    schema = T.StructType(fields + [T.StructField(_CORRUPT, T.StringType())])
-    opts = {k: str(v) for k, v in source.options.items() if k not in ("header", "mode", "multiLine", "inferSchema", "columnNameOfCorruptRecord")}
-    opts.update(mode="PERMISSIVE", columnNameOfCorruptRecord=_CORRUPT)
-    line = F.regexp_replace(F.col("value"), "^\ufeff", "")  # a UTF-8 byte-order mark is not data
+    raw, text, bad_encoding = decode_line(F.col("value"))
     if source.reader == "json":
-        parsed = F.from_json(line, schema, opts)
-    else:
-        ddl = ", ".join(f"`{f.name.replace('`', '``')}` STRING" for f in schema.fields)  # quoted: any column name
-        parsed = F.from_csv(line, F.lit(ddl), opts)
-    blank = F.trim(line) == ""
-    malformed = blank | parsed.isNull() | parsed.getField(_CORRUPT).isNotNull()
-    if _is_header_source(source):
-        header = F.lit(True)
-        for c in columns:
-            header = header & (F.lower(F.trim(parsed.getField(c))) == c.lower())
-        header = F.coalesce(header & ~malformed, F.lit(False))
-    else:
-        header = F.lit(False)
-    return lines.select(
-        F.col("value").alias("raw"),
-        _input_file(lines),
-        F.struct(*[parsed.getField(c).alias(c) for c in columns]).alias("src"),
-        malformed.alias("is_malformed"),
-        header.alias("is_header"),
-    )
+        return _json_records(lines, source, raw, text, bad_encoding)
+    return _csv_records(lines, source, raw, text, bad_encoding)
 
 
 def rows_to_records(rows: DataFrame, source: SourceConfig) -> DataFrame:
@@ -188,7 +317,7 @@ def rows_to_records(rows: DataFrame, source: SourceConfig) -> DataFrame:
         F.to_json(strings, {"ignoreNullFields": "false"}).alias("raw"),
         _input_file(rows),
         strings.alias("src"),
-        F.lit(False).alias("is_malformed"),
+        F.lit(None).cast("string").alias("line_problem"),
         F.lit(False).alias("is_header"),
     )
 
@@ -202,15 +331,31 @@ def to_records(raw: DataFrame, source: SourceConfig) -> DataFrame:
     return rows_to_records(raw, source) if source.reader == "parquet" else lines_to_records(raw, source)
 
 
+def input_counts(raw: DataFrame, source: SourceConfig) -> DataFrame:
+    """One row: ``lines`` (physical lines or Parquet rows) and ``records`` (what :func:`to_records` yields from them).
+
+    Needs: ``value`` (lines) or the Parquet columns. ``records`` equals
+    ``lines`` except for a JSON source with ``source.explode``: there a line
+    yields one record per array element, and one when it has none.
+    """
+    per_line = F.lit(1)
+    if source.reader == "json" and source.explode:
+        _, text, bad_encoding = decode_line(F.col("value"))
+        parsed, _ = _json_parsed(text, bad_encoding, source)
+        per_line = F.greatest(F.lit(1), F.coalesce(F.size(parsed.getField(source.explode)), F.lit(0)))
+    return raw.agg(F.count(F.lit(1)).alias("lines"), F.coalesce(F.sum(per_line), F.lit(0)).cast("long").alias("records"))
+
+
 # --------------------------------------------------------------------------- 2. canonical columns
 
 
 def _clean(value: Column, source: SourceConfig) -> Column:
-    """Trimmed; ``source.null_values`` -> null."""
+    """Trimmed; empty, ``null`` (any case), ``\\N`` and ``source.null_values`` -> null."""
     v = F.trim(value)
+    missing = (v == "") | F.lower(v).isin(*NULL_LITERALS)
     if source.null_values:
-        v = F.when(v.isin(*source.null_values), F.lit(None).cast("string")).otherwise(v)
-    return v
+        missing = missing | v.isin(*source.null_values)
+    return F.when(~missing, v)
 
 
 def _source_value(source: SourceConfig, key: str) -> Column:
@@ -266,7 +411,7 @@ def to_canonical(records: DataFrame, source: SourceConfig) -> DataFrame:
     return records.select(
         "raw",
         "input_file",
-        "is_malformed",
+        "line_problem",
         "is_header",
         user.alias("user_id"),
         _source_value(source, "item_id").alias("item_id"),
@@ -299,7 +444,7 @@ def classify(events: DataFrame, bounds: TimeBounds) -> DataFrame:
         F.col("price").isNull() | F.isnan("price") | (F.abs("price") == float("inf")) | (F.col("price") < 0)
     )
     reason = (
-        F.when(F.col("is_malformed"), F.lit("unparseable_line"))
+        F.when(F.col("line_problem").isNotNull(), F.col("line_problem"))
         .when(F.col("user_id").isNull() | F.col("item_id").isNull(), F.lit("missing_required"))
         .when(F.col("event_time").isNull(), F.lit("unparseable_time"))
         .when(F.col("event_time") < _ts(bounds.min_time), F.lit("before_min_time"))
@@ -307,7 +452,7 @@ def classify(events: DataFrame, bounds: TimeBounds) -> DataFrame:
         .when(F.col("event_type").isNull(), F.lit("unknown_event_type"))
         .when(price_bad, F.lit("invalid_price"))
     )
-    return events.withColumn("reason", F.when(~F.col("is_header"), reason)).drop("_time_raw", "_price_raw")
+    return events.withColumn("reason", F.when(~F.col("is_header"), reason)).drop("_time_raw", "_price_raw", "line_problem")
 
 
 # --------------------------------------------------------------------------- 4. ids and lineage
@@ -375,9 +520,21 @@ def bronze_rows(marked: DataFrame) -> DataFrame:
 
 
 def quarantine_rows(marked: DataFrame, quarantined_at: datetime) -> DataFrame:
-    """The newly quarantined records in :data:`QUARANTINE_COLUMNS`. Needs: outcome, quarantine_id, raw, reason, source_format, input_file, ingest_batch."""
+    """The newly quarantined records in :data:`QUARANTINE_COLUMNS`. Needs: outcome, quarantine_id, raw, reason, source_format, input_file, ingest_batch.
+
+    An ``invalid_encoding`` line is stored as text with its undecodable bytes
+    as U+FFFD (``raw``) and byte for byte in ``raw_base64``.
+    """
+    undecodable = F.col("reason") == "invalid_encoding"
     return marked.where(F.col("outcome") == "quarantined").select(
-        "quarantine_id", "raw", "reason", "source_format", "input_file", "ingest_batch", _ts(quarantined_at).alias("quarantined_at")
+        "quarantine_id",
+        F.when(undecodable, F.decode(F.encode("raw", "UTF-8"), "UTF-8")).otherwise(F.col("raw")).alias("raw"),
+        F.when(undecodable, F.base64(F.col("raw").cast("binary"))).alias("raw_base64"),
+        "reason",
+        "source_format",
+        "input_file",
+        "ingest_batch",
+        _ts(quarantined_at).alias("quarantined_at"),
     )
 
 

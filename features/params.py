@@ -2,154 +2,329 @@
 
 They live here, with the transforms, so that ``features/`` never imports
 ``jobs/`` (imports point down only). :func:`jobs.config.load_config` builds
-them from the YAML layers (their defaults are documented in ``conf/base.yaml``
-and ``conf/README.md``); a test or a notebook can also build one directly.
+them from the YAML layers; a test or a notebook can also build one directly.
+
+Every key is declared with :func:`setting`: its default (``conf/base.yaml``
+holds the same values, tests/test_config.py checks), its meaning and its valid
+values (a :class:`Check`), so the loader can refuse a bad value with one line
+naming the key and the layer that set it, and ``docs/configuration.md`` is
+rendered from the declarations (``shopseq config --reference``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import copy
+import functools
+import re
+import typing
+from dataclasses import Field, dataclass, field, fields
+from datetime import datetime
+from typing import Any, Callable, ClassVar, Literal
 
 
 class ConfigError(ValueError):
     """A config problem, phrased as one line naming the key and the file."""
 
 
-@dataclass(frozen=True)
-class SourceConfig:
-    """Raw input of ``shopseq ingest``: a named preset (jobs/sources.py) or a ``generic`` description.
+# --------------------------------------------------------------------------- declaring keys
 
-    Named formats take every key but ``path`` from their preset; ``generic``
-    reads them from here. Presets are instances of this class.
+
+@dataclass(frozen=True)
+class Check:
+    """A key's valid values: ``text`` reads after "must be" (messages) and in the reference's "valid values" column."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+    def ok(self, value: Any) -> bool:
+        """Whether ``value`` (already of the key's type) is valid; a value the test cannot compare is not."""
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):
+            return False
+
+
+def _num(x: float) -> str:
+    """``1``, ``0.5``: a bound as the messages and the reference show it."""
+    return f"{x:g}"
+
+
+def at_least(low: float) -> Check:
+    """``value >= low``."""
+    return Check(f">= {_num(low)}", lambda v: v >= low)
+
+
+def above(low: float) -> Check:
+    """``value > low``."""
+    return Check(f"> {_num(low)}", lambda v: v > low)
+
+
+def within(low: float, high: float, *, open_low: bool = False, open_high: bool = False) -> Check:
+    """``low <= value <= high``; ``open_*`` makes that end strict (shown as a parenthesis)."""
+    text = f"in {'(' if open_low else '['}{_num(low)}, {_num(high)}{')' if open_high else ']'}"
+    return Check(text, lambda v: (v > low if open_low else v >= low) and (v < high if open_high else v <= high))
+
+
+PROBABILITY = within(0, 1)
+
+
+def matching(pattern: str, text: str) -> Check:
+    """A string matching the whole of ``pattern``."""
+    rx = re.compile(pattern)
+    return Check(text, lambda v: rx.fullmatch(v) is not None)
+
+
+def each(check: Check, *, non_empty: bool = False) -> Check:
+    """Every element of a list (or value of a mapping) passes ``check``."""
+
+    def test(v: Any) -> bool:
+        items = list(v.values()) if isinstance(v, dict) else list(v)
+        return (bool(items) or not non_empty) and all(check.ok(x) for x in items)
+
+    return Check(("a non-empty list, " if non_empty else "") + f"each {check.text}", test)
+
+
+def _is_iso_time(value: str) -> bool:
+    """Whether ``value`` parses as an ISO-8601 date or timestamp (``Z`` allowed); raises ValueError if not."""
+    datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    return True
+
+
+NON_EMPTY = Check("non-empty", lambda v: len(v.strip()) > 0)
+ISO_TIME = Check("an ISO-8601 date or timestamp (naive = UTC)", _is_iso_time)
+ISO_DATE = Check("an ISO-8601 date (YYYY-MM-DD)", lambda v: datetime.strptime(v.strip(), "%Y-%m-%d") is not None)
+NAME = matching(r"[A-Za-z0-9_-]+", "letters, digits, '_' and '-'")
+
+
+def setting(default: Any, doc: str, check: Check | None = None) -> Any:
+    """Declare a config key: its default, its meaning (``doc``) and its valid values (``check``; choices come from a ``Literal`` type).
+
+    A list or mapping default is copied for each instance. ``None`` always
+    passes ``check`` when the type allows it (``int | None``).
+    """
+    meta = {"doc": doc, "check": check}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@functools.lru_cache(maxsize=None)
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, once per class."""
+    return typing.get_type_hints(cls)
+
+
+def choices(tp: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal`` type (also inside ``X | None``), else None."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(inner) == 1 and typing.get_origin(inner[0]) is Literal:
+        return typing.get_args(inner[0])
+    return None
+
+
+def problem(f: Field[Any], tp: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` for key ``f`` of type ``tp`` (a phrase such as "must be >= 1, got 0"), or None."""
+    if value is None:
+        return None  # the type check (loader) decides whether null is allowed
+    allowed = choices(tp)
+    if allowed is not None and value not in allowed:
+        return f"must be one of {', '.join(map(repr, allowed))}, got {value!r}"
+    check: Check | None = f.metadata.get("check")
+    if check is not None and not check.ok(value):
+        return f"must be {check.text}, got {value!r}"
+    return None
+
+
+class Validated:
+    """Checks each key's declared values on construction, so a directly built config is refused like a loaded one.
+
+    The message names ``<SECTION>.<key>`` (the loader checks first and adds the layer).
     """
 
-    format: str = "generated"  # generated | taobao | rees46 | retailrocket | diginetica | generic (--format)
-    path: str | None = None  # input file, folder or glob (--input); generated defaults to <app.data_root>/raw/generated/events
-    # Generic sources: how to read them and the mapping to canonical columns.
-    reader: Literal["csv", "parquet", "json"] = "csv"  # csv and json (JSON lines) are read line by line as text
-    options: dict[str, str] = field(default_factory=dict)  # csv: sep, quote, escape, header ("true" skips header lines)
-    columns: list[str] = field(default_factory=list)  # source columns in file order (default: the CSV header / all Parquet columns)
-    mapping: dict[str, str] = field(default_factory=dict)  # canonical -> source column; user_id, item_id, event_time, event_type required
-    event_types: dict[str, str] = field(default_factory=dict)  # source value -> canonical event type ({} = already canonical)
-    time_format: Literal["unix_s", "unix_ms", "timestamp", "string"] = "timestamp"
-    time_pattern: str | None = None  # Spark datetime pattern when time_format is string (naive times are UTC)
-    time_offset_column: str | None = None  # source column of milliseconds added to event_time (Diginetica timeframe)
-    null_values: list[str] = field(default_factory=lambda: [""])  # source values (after trimming) that mean missing
-    constants: dict[str, str] = field(default_factory=dict)  # canonical column -> fixed source value, for columns the source lacks
-    user_fallback_column: str | None = None  # when user_id is missing, user_fallback_prefix + this source column stands in
-    user_fallback_prefix: str = ""
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    """The synthetic dataset (``shopseq generate``); what each key plants is documented in features/generate.py."""
-
-    users: int = 1000  # user ids u0..u{users-1}; --users sets it, --events scales it
-    items: int = 1000  # item i belongs to category i mod categories (must be >= categories)
-    categories: int = 20
-    days: int = 112  # window length, from start_date 00:00 UTC
-    start_date: str = "2024-01-01"
-    seed: int = 7  # all randomness is a hash of (seed, ids): same config, same rows
-    partitions: int = 4  # Spark partitions of users and of the output (files); never changes the rows
-    # activity: sessions start as a Bernoulli trial per user-hour
-    sessions_per_user_per_week: float = 5.0  # mean over users, before churn and the session-gap rule
-    activity_sigma: float = 0.6  # per-user activity multiplier ~ log-normal, mean 1
-    hour_weights: list[float] = field(
-        default_factory=lambda: [0.55, 0.35, 0.22, 0.15, 0.12, 0.14, 0.25, 0.45, 0.65, 0.75, 0.8, 0.85,
-                                 0.95, 0.9, 0.85, 0.85, 0.9, 1.0, 1.2, 1.45, 1.6, 1.6, 1.35, 0.9]
-    )  # relative session-start rate per UTC hour 0..23 (normalized to mean 1)
-    weekend_boost: float = 1.3  # Saturday/Sunday rate relative to a weekday
-    min_session_gap_minutes: float = 60.0  # a session starting sooner after an earlier one's end is dropped
-    # sessions
-    views_per_session: float = 10.0  # mean of the geometric number of views per session
-    max_views_per_session: int = 60
-    view_gap_median_s: float = 40.0  # seconds between views ~ log-normal(median, sigma), clipped to [1, max]
-    view_gap_sigma: float = 1.0
-    view_gap_max_s: int = 1200
-    action_delay_max_s: int = 60  # fav / cart come 1..this many seconds after their view
-    checkout_delay_max_s: int = 300  # checkout (purchases) comes 1..this many seconds after the last cart could be
-    # interests and catalogue
-    interest_categories: int = 3  # categories each user prefers, weights 1, 1/2, 1/3, ...
-    interest_strength: float = 0.8  # probability a category draw comes from the user's interests (else uniform)
-    session_focus: float = 0.7  # probability a view stays in the session's focus category (else a fresh draw)
-    category_zipf_exponent: float = 0.5  # popularity skew of categories when picking interests (0 = uniform)
-    zipf_exponent: float = 1.1  # item popularity within a category ~ rank^-s
-    price_median_range: list[float] = field(default_factory=lambda: [5.0, 300.0])  # category median prices, log-uniform
-    price_sigma: float = 0.5  # item price ~ log-normal around its category median
-    brands_per_category: int = 8
-    brand_missing_rate: float = 0.1  # share of items with a null brand
-    # funnel (per view / per cart)
-    fav_rate: float = 0.04  # P(fav | view)
-    cart_rate: float = 0.12  # P(cart | view), mean over users
-    buyer_sigma: float = 0.5  # per-user multiplier of cart_rate ~ log-normal, mean 1
-    purchase_rate: float = 0.35  # P(purchase | cart)
-    return_rate: float = 0.6  # P(a cart not bought in its session is bought at the start of the user's next session)
-    # churn
-    churn_rate: float = 0.4  # share of users who stop all activity at churn_time
-    churn_earliest: float = 0.25  # churn_time ~ uniform in [earliest, latest] x window
-    churn_latest: float = 0.95
-    churn_decline_days: float = 14.0  # churners' session rate falls linearly to 0 over these days (0 = abrupt)
-    churn_engagement_fade: float = 0.8  # how much of the rate's fall churners' views per session and carts per view follow (0 = none)
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """Validation window of ``shopseq ingest`` (rules and reason codes in features/ingest.py)."""
-
-    min_event_time: str = "2000-01-01T00:00:00"  # ISO-8601 (naive = UTC): earlier events are quarantined as before_min_time
-    max_future_skew_hours: float = 24.0  # events after now + this are quarantined as future_time
-    now: str | None = None  # fixed "now" (ISO-8601, naive = UTC) for reproducible runs; None = wall clock at the start of the run
-
-
-@dataclass(frozen=True)
-class SessionizeConfig:
-    gap_minutes: float = 30.0  # new session when the gap to the user's previous event is strictly greater
-    use_source_session: bool = False  # split on changes of source_session_id instead (gap rule where it is null)
-    drop_consecutive_repeats: bool = False  # drop same item + event type as the previous event of the session (counted)
-    max_events_per_user_day: int = 5000  # more events than this on one UTC day flags the user-day is_bot_suspect
-
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    """Sequence features, labels, vocabularies, splits and gold layout (issue 4; see features/*.py)."""
-
-    protocol: str = "cutoff"  # name of the evaluation protocol (conf/protocols/<name>.yaml, --protocol); recorded in the schema artifact
-    entity: Literal["user", "session"] = "user"  # whose sequences examples follow: session = each session is its own user (user_id := session_id)
-    filter_min_user_events: int = 1  # iterative k-core: drop entities (users or sessions) with fewer events, 1 = no filter
-    filter_min_item_events: int = 1  # iterative k-core: drop items with fewer events, 1 = no filter
-    max_len: int = 50  # L: events per sequence example (left-padded)
-    cutoff: Literal["session_end", "stride", "daily"] = "session_end"  # where examples are cut
-    stride: int = 5  # cutoff=stride: a cutoff after every k-th event of a user
-    collapse_ties: bool = True  # a cutoff never separates equal timestamps; false = one cutoff per chosen event, ties ordered by position
-    purchase_horizon_days: float = 7.0  # H_p: purchase label looks (cutoff, cutoff + H_p]
-    churn_horizon_days: float = 14.0  # H_c: churn = no event in (cutoff, cutoff + H_c]
-    min_item_count: int = 2  # items seen fewer times in the train range map to OOV
-    min_category_count: int = 1  # same for categories
-    min_event_type_count: int = 1  # same for event types
-    time_buckets: int = 28  # dt bucket ids: 0 pad, 1 first event, 2 + floor(log2(1 + gap_s)), capped at time_buckets - 1
-    drop_bot_suspects: bool = True  # leave out events of user-days flagged is_bot_suspect
-    split: Literal["temporal", "leave_last_out", "last_days"] = "temporal"
-    train_fraction: float = 0.6  # temporal: train boundary at this fraction of the data's time range
-    val_fraction: float = 0.2  # temporal: validation boundary at train_fraction + val_fraction
-    train_end: str | None = None  # temporal: explicit UTC boundary (date or timestamp), overrides train_fraction
-    val_end: str | None = None  # temporal: explicit UTC boundary, overrides val_fraction
-    gap_days: float | None = None  # temporal gap before each boundary; None = max(horizons); smaller is refused
-    test_days: float = 1.0  # last_days: entities whose first event is in the last test_days of the data are test
-    val_days: float = 1.0  # last_days: those starting in the val_days before that are validation
-    train_ranks: int = 2  # training processes that shard each gold table
-    row_groups_per_rank: int = 4  # each split is written as at least train_ranks * this many files
-    rows_per_file: int = 200000  # more files when a split has more rows than files * this
+    SECTION: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        minimum = {"max_len": 1, "stride": 1, "min_item_count": 1, "min_category_count": 1, "min_event_type_count": 1,
-                   "time_buckets": 3, "train_ranks": 1, "row_groups_per_rank": 1, "rows_per_file": 1,
-                   "filter_min_user_events": 1, "filter_min_item_events": 1}  # fmt: skip
-        for key, low in minimum.items():
-            if getattr(self, key) < low:
-                raise ConfigError(f"features.{key}: must be >= {low}, got {getattr(self, key)!r}")
-        if not self.protocol or not all(c.isalnum() or c in "_-" for c in self.protocol):
-            raise ConfigError(f"features.protocol: letters, digits, '_' and '-' only, got {self.protocol!r}")
-        for key in ("purchase_horizon_days", "churn_horizon_days", "test_days", "val_days"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"features.{key}: must be > 0, got {getattr(self, key)!r}")
+        hints = type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            wrong = problem(f, hints[f.name], getattr(self, f.name))
+            if wrong:
+                raise ConfigError(f"{self.SECTION}.{f.name}: {wrong}")
+
+
+# --------------------------------------------------------------------------- the features layer's sections
+
+
+@dataclass(frozen=True)
+class SourceConfig(Validated):
+    """Raw input of ``shopseq ingest`` (``--input``/``--format`` override ``path``/``format``): a named preset or a ``generic`` description.
+
+    Named formats (``taobao``, ``rees46``, ``retailrocket``, ``diginetica``,
+    ``yoochoose_clicks``, ``yoochoose_buys``, ``otto``, ``generated``) are presets in ``jobs/sources.py`` expressed with these same
+    keys (presets are instances of this class); with a named format only
+    ``source.path`` is taken from config (a warning names any other
+    ``source.*`` key that is set). ``generic`` reads every key from here.
+    """
+
+    SECTION: ClassVar[str] = "source"
+
+    format: Literal["generated", "taobao", "rees46", "retailrocket", "diginetica", "yoochoose_clicks", "yoochoose_buys", "otto", "generic"] = setting(
+        "generated", "the input format: a preset of `jobs/sources.py`, or `generic` (the keys below) (`--format`)")
+    path: str | None = setting(None, "input file, folder or glob (`--input`); null for `generated`: `<app.data_root>/raw/generated/events`", NON_EMPTY)
+    # Generic sources: how to read them and the mapping to canonical columns.
+    reader: Literal["csv", "parquet", "json"] = setting("csv", "generic: the reader; `csv` and `json` (JSON lines) are read line by line as text")
+    options: dict[str, str] = setting({}, "generic csv: `sep`, `quote`, `escape`, `header` (`\"true\"`: header lines are recognised and skipped)")
+    columns: list[str] = setting([], "generic: source column names in file order (default: the CSV header / all Parquet columns)")
+    mapping: dict[str, str] = setting({}, "generic: canonical -> source column; `user_id`, `item_id`, `event_time`, `event_type` required (or set in `constants`)")
+    event_types: dict[str, str] = setting({}, "generic: source value -> `view`, `fav`, `cart`, `remove_from_cart` or `purchase` (`{}`: already canonical)")
+    time_format: Literal["unix_s", "unix_ms", "timestamp", "string"] = setting(
+        "timestamp", "generic: how `event_time` is encoded (`timestamp`: Spark's default parser; `string`: with `time_pattern`)")
+    time_pattern: str | None = setting(None, "generic: Spark datetime pattern when `time_format` is `string`; naive times are UTC", NON_EMPTY)
+    time_offset_column: str | None = setting(None, "generic: a source column of milliseconds added to the parsed time (Diginetica's `timeframe`)", NON_EMPTY)
+    null_values: list[str] = setting([""], "generic: source values (after trimming) read as null (e.g. `NA`, empty)")
+    constants: dict[str, str] = setting({}, "generic: canonical column -> fixed source value, for columns the source lacks (e.g. Diginetica's `event_type: view`)")
+    user_fallback_column: str | None = setting(
+        None, "generic: when `user_id` is missing, `user_fallback_prefix` + this source column stands in (Diginetica: `s<session_id>`)", NON_EMPTY)
+    user_fallback_prefix: str = setting("", "generic: prefix of the stand-in `user_id` (see `user_fallback_column`)")
+    explode: str | None = setting(
+        None, "generic json: an array column whose elements (objects) are the events; each gets the line's other columns (OTTO's `events`)", NON_EMPTY)
+
+
+@dataclass(frozen=True)
+class GenerateConfig(Validated):
+    """The synthetic dataset of ``shopseq generate``; the structure each key plants is documented in ``features/generate.py``.
+
+    Besides each key's own range, ``items >= categories`` and
+    ``churn_earliest <= churn_latest`` (checked by the generator). The defaults
+    are consistent with the rest of the config: the temporal split needs each
+    validation window to be longer than max(purchase, churn horizon), which is
+    why the generated dataset spans 16 weeks.
+    """
+
+    SECTION: ClassVar[str] = "generate"
+
+    users: int = setting(1000, "user ids `u0`..`u{users-1}` (`--users`; `--events N` scales it to about N events)", at_least(1))
+    items: int = setting(1000, "item i is in category i mod `categories` (at least `categories`)", at_least(1))
+    categories: int = setting(20, "number of item categories", at_least(1))
+    days: int = setting(112, "window length: [`start_date` 00:00 UTC, + days) (`--days`)", at_least(1))
+    start_date: str = setting("2024-01-01", "first day of the window (UTC)", ISO_DATE)
+    seed: int = setting(7, "every random draw is a hash of (seed, ids): same config, same rows")
+    partitions: int = setting(4, "Spark partitions of users and output files; never changes the rows", at_least(1))
+    # activity: sessions start as a Bernoulli trial per user-hour
+    sessions_per_user_per_week: float = setting(5.0, "mean session starts per user-week (before churn and the session-gap rule)", at_least(0))
+    activity_sigma: float = setting(0.6, "per-user activity multiplier ~ log-normal with mean 1", at_least(0))
+    hour_weights: list[float] = setting(
+        [0.55, 0.35, 0.22, 0.15, 0.12, 0.14, 0.25, 0.45, 0.65, 0.75, 0.8, 0.85,
+         0.95, 0.9, 0.85, 0.85, 0.9, 1.0, 1.2, 1.45, 1.6, 1.6, 1.35, 0.9],
+        "relative session-start rate per UTC hour 0..23 (normalized to mean 1)",
+        Check("24 numbers, each >= 0, not all 0", lambda v: len(v) == 24 and min(v) >= 0 and sum(v) > 0),
+    )  # fmt: skip
+    weekend_boost: float = setting(1.3, "Saturday/Sunday session rate relative to a weekday", at_least(0))
+    min_session_gap_minutes: float = setting(
+        60.0, "a session starting sooner after the previous one's end is dropped (keep it > `sessionize.gap_minutes`)", at_least(0))
+    # sessions
+    views_per_session: float = setting(10.0, "mean of the geometric number of views in a session", at_least(1))
+    max_views_per_session: int = setting(60, "cap on the views of one session", at_least(1))
+    view_gap_median_s: float = setting(40.0, "seconds between views ~ log-normal(median, sigma), clipped to [1, `view_gap_max_s`]", at_least(0))
+    view_gap_sigma: float = setting(1.0, "sigma of the log-normal gap between views", at_least(0))
+    view_gap_max_s: int = setting(1200, "longest gap between views, so also inside a session (keep it < `sessionize.gap_minutes`)", at_least(1))
+    action_delay_max_s: int = setting(60, "fav and cart come 1..this many seconds after their view", at_least(1))
+    checkout_delay_max_s: int = setting(300, "purchases (checkout) come 1..this many seconds after the last possible cart of the session", at_least(1))
+    # interests and catalogue
+    interest_categories: int = setting(3, "categories each user prefers, weights 1, 1/2, 1/3, ...", at_least(1))
+    interest_strength: float = setting(0.8, "P(a category draw comes from the user's interests), else uniform over all categories", PROBABILITY)
+    session_focus: float = setting(0.7, "P(a view stays in the session's focus category), else a fresh draw", PROBABILITY)
+    category_zipf_exponent: float = setting(0.5, "skew of category popularity when interests are picked (0 = uniform)", at_least(0))
+    zipf_exponent: float = setting(1.1, "item popularity within a category ~ rank^-s", at_least(0))
+    price_median_range: list[float] = setting(
+        [5.0, 300.0], "category median prices, log-uniform in this range",
+        Check("[low, high] with 0 < low <= high", lambda v: len(v) == 2 and 0 < v[0] <= v[1]),
+    )
+    price_sigma: float = setting(0.5, "item price ~ log-normal around its category median (fixed per item)", at_least(0))
+    brands_per_category: int = setting(8, "distinct brands in each category", at_least(1))
+    brand_missing_rate: float = setting(0.1, "share of items whose brand is null", PROBABILITY)
+    # funnel (per view / per cart)
+    fav_rate: float = setting(0.04, "P(fav | view)", PROBABILITY)
+    cart_rate: float = setting(0.12, "P(cart | view), averaged over users", PROBABILITY)
+    buyer_sigma: float = setting(0.5, "per-user multiplier of `cart_rate` ~ log-normal with mean 1", at_least(0))
+    purchase_rate: float = setting(0.35, "P(purchase | cart)", PROBABILITY)
+    return_rate: float = setting(0.6, "P(a cart not bought in its session is bought at the start of the user's next session)", PROBABILITY)
+    # churn
+    churn_rate: float = setting(0.4, "share of users with no activity after their churn time", PROBABILITY)
+    churn_earliest: float = setting(0.25, "churn time ~ uniform in [earliest, latest] fractions of the window", PROBABILITY)
+    churn_latest: float = setting(0.95, "late enough that churners also fall in the test split's labeled window", PROBABILITY)
+    churn_decline_days: float = setting(14.0, "churners' session rate falls linearly to 0 over the days before churn time (0 = abrupt)", at_least(0))
+    churn_engagement_fade: float = setting(
+        0.8, "churners' views per session and carts per view fall with it: x (1 - fade x (1 - rate factor)) (0 = unchanged)", PROBABILITY)
+
+
+@dataclass(frozen=True)
+class IngestConfig(Validated):
+    """The validation window of ``shopseq ingest``; the rules and reason codes are in ``features/ingest.py``."""
+
+    SECTION: ClassVar[str] = "ingest"
+
+    min_event_time: str = setting("2000-01-01T00:00:00", "earlier events are quarantined (`before_min_time`)", ISO_TIME)
+    max_future_skew_hours: float = setting(24.0, "events after now + this are quarantined (`future_time`)", at_least(0))
+    now: str | None = setting(None, "a fixed \"now\" for reproducible runs; null = wall clock at the run's start", ISO_TIME)
+
+
+@dataclass(frozen=True)
+class SessionizeConfig(Validated):
+    """Session rules of ``shopseq sessionize`` (``features/sessionize.py``)."""
+
+    SECTION: ClassVar[str] = "sessionize"
+
+    gap_minutes: float = setting(30.0, "new session when the gap to the user's previous event is STRICTLY greater (equal stays)", above(0))
+    use_source_session: bool = setting(False, "true: split where `source_session_id` changes instead (the gap rule where it is null)")
+    drop_consecutive_repeats: bool = setting(False, "true: drop events repeating the previous one's item + event type in the session (counted)")
+    max_events_per_user_day: int = setting(5000, "more events than this on one UTC day flag the user-day `is_bot_suspect` (never dropped here)", at_least(1))
+
+
+@dataclass(frozen=True)
+class FeaturesConfig(Validated):
+    """Sequence examples, labels, vocabularies, splits and the gold layout of ``shopseq features``.
+
+    The behaviour is in ``features/sequences.py``, ``labels.py``,
+    ``splits.py``, ``vocab.py`` and ``protocols.py``. The protocol presets
+    (``--protocol``, ``conf/protocols/*.yaml``) are layers of these keys:
+    see [conf/README.md](../conf/README.md#protocols---protocol-confprotocolsyaml-featuresprotocolspy).
+    Besides each key's own range, ``train_fraction + val_fraction <= 1`` and
+    ``gap_days >= max(horizons)`` (checked when the split is computed).
+    """
+
+    SECTION: ClassVar[str] = "features"
+
+    protocol: str = setting(
+        "cutoff", "name of the evaluation protocol (`--protocol NAME` applies `conf/protocols/NAME.yaml`); recorded in `gold/schema.json` and the features lineage", NAME)
+    entity: Literal["user", "session"] = setting(
+        "user", "whose sequences examples follow: `session` = every session is its own anonymous user (`user_id := session_id`) before filtering, examples, splits and evaluation")
+    filter_min_user_events: int = setting(
+        1, "iterative k-core: drop entities (users, or sessions) with fewer events; rounds repeat (users and items at once, as RecBole) until one removes nothing; 1 = off", at_least(1))
+    filter_min_item_events: int = setting(1, "iterative k-core: drop items with fewer events (same loop); 1 = off", at_least(1))
+    max_len: int = setting(50, "L: events per sequence example, left-padded with 0 (most recent event last)", at_least(1))
+    cutoff: Literal["session_end", "stride", "daily"] = setting("session_end", "where examples are cut (`features/sequences.py`)")
+    stride: int = setting(5, "`cutoff: stride`: a cutoff after every k-th event of a user", at_least(1))
+    collapse_ties: bool = setting(
+        True, "true: a cutoff never separates equal timestamps (tied cutoffs collapse into one, at the last tied event); false: every chosen event is its own cutoff, ties in the sessionizer's order")
+    purchase_horizon_days: float = setting(7.0, "H_p: purchase label = a purchase in (cutoff, cutoff + H_p]", above(0))
+    churn_horizon_days: float = setting(14.0, "H_c: churn label = no event in (cutoff, cutoff + H_c]", above(0))
+    min_item_count: int = setting(2, "items seen fewer times in the train range map to OOV (index 1)", at_least(1))
+    min_category_count: int = setting(1, "the same for categories", at_least(1))
+    min_event_type_count: int = setting(1, "the same for event types", at_least(1))
+    time_buckets: int = setting(28, "time-since-previous-event ids: 0 pad, 1 first event, 2 + floor(log2(1 + gap_s)), capped at time_buckets - 1", at_least(3))
+    drop_bot_suspects: bool = setting(True, "leave out events of user-days flagged `is_bot_suspect`")
+    split: Literal["temporal", "leave_last_out", "last_days"] = setting(
+        "temporal", "how examples are split (`features/splits.py`); `last_days`: an entity belongs to the split of its first event (no gap, no masking)")
+    train_fraction: float = setting(0.6, "temporal: train boundary at this fraction of the data's time range", PROBABILITY)
+    val_fraction: float = setting(0.2, "temporal: validation boundary at `train_fraction + val_fraction`", PROBABILITY)
+    train_end: str | None = setting(None, "temporal: explicit UTC boundary (`2024-01-20` or an ISO timestamp), overrides `train_fraction`", ISO_TIME)
+    val_end: str | None = setting(None, "temporal: explicit UTC boundary, overrides `val_fraction`", ISO_TIME)
+    gap_days: float | None = setting(None, "temporal: gap before each boundary; null = max(horizons); a smaller value is refused", at_least(0))
+    test_days: float = setting(1.0, "`last_days`: entities whose first event is within this many days of the data's last event are test", above(0))
+    val_days: float = setting(1.0, "`last_days`: those starting in the `val_days` before that are validation; earlier ones train", above(0))
+    train_ranks: int | None = setting(
+        None, "training processes that shard each gold table (Petastorm `cur_shard`/`shard_count`); null = `train.num_proc` (resolved when the config is loaded)", at_least(1))
+    row_groups_per_rank: int = setting(4, "each gold split is written as at least `train_ranks` x this many files", at_least(1))
+    rows_per_file: int = setting(200000, "more files when a split has more rows than files x this", at_least(1))

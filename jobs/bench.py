@@ -32,16 +32,16 @@ def build_parser():
     parser.add_argument(
         "--events",
         default=None,
-        help="sessionize: comma-separated event counts, e.g. 1000000,10000000 (default 1000000); train: build gold from this many generated events; "
-        "features: comma-separated event counts (default 1000000,10000000)",
+        help="sessionize: comma-separated event counts, e.g. 1000000,10000000 (default: 1000000); train: build gold from this many generated events; "
+        "features: comma-separated event counts (default: 1000000,10000000)",
     )
     parser.add_argument("--regenerate", action="store_true", help="regenerate the input even when a previous run left it (sessionize, features, predict)")
-    parser.add_argument("--rows", type=int, default=None, help="predict: windows to score (every user's latest window, replicated; default 100000)")
+    parser.add_argument("--rows", type=int, default=None, help="predict: windows to score (every user's latest window, replicated) (default: 100000)")
     parser.add_argument("--no-ingest", dest="ingest", action="store_false", help="skip the Spark ingest + sessionize timing")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per engine (features: per timed step) and size, alternating; the fastest is reported (default 1)")
-    parser.add_argument("--data-dir", default=None, help="quality: folder with the real samples (default ../shared/data beside the repo)")
-    parser.add_argument("--samples", default=None, help="quality: comma-separated samples (default taobao,rees46,diginetica)")
-    parser.add_argument("--protocols", default=None, help="quality: comma-separated protocol presets from conf/protocols (default recbole_loo,session,cutoff)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per engine (features: per timed step) and size, alternating; the fastest is reported (default: 1)")
+    parser.add_argument("--data-dir", default=None, help="quality: folder with the real samples (default: ../shared/data beside the repo)")
+    parser.add_argument("--samples", default=None, help="quality: comma-separated samples (default: taobao,rees46,diginetica)")
+    parser.add_argument("--protocols", default=None, help="quality: comma-separated protocol presets from conf/protocols (default: recbole_loo,session,cutoff)")
     parser.add_argument("--peer", default=None, choices=["recbole"], help="quality: also run RecBole's SASRec and GRU4Rec on the recbole_loo split (needs `make peer-recbole`)")
     parser.add_argument(
         "--docs", default=None, metavar="DIR", help="also write the report's JSON and the Markdown page rendered from it into DIR, e.g. docs/benchmarks (default: only <app.data_root>/reports)"

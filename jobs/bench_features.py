@@ -57,13 +57,14 @@ from pyspark.sql import SparkSession
 from features.splits import SPLITS
 from jobs.bench_sessionize import bench_input, spark_sessionize_to_parquet
 from jobs.benchkit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
+from jobs.catalog import GOLD, SESSIONS, SILVER_EVENTS, VOCAB, catalog
 from jobs.config import Config, SourceConfig
 from jobs.tables import TableError, TableIO
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = (1_000_000, 10_000_000)
-_WRITTEN_BY_RUNS = ("silver_events", "sessions", "vocab", "gold_train", "gold_val", "gold_test")
+_WRITTEN_BY_RUNS = (SILVER_EVENTS, SESSIONS, VOCAB, *GOLD.values())
 
 
 def spark_cores(spark: SparkSession) -> int:
@@ -102,8 +103,8 @@ def _bronze(tables: TableIO, cfg: Config, inp: dict[str, Any]) -> dict[str, Any]
     """bronze_events of the bench root from the raw input, ingested once (untimed) and reused while the input is unchanged."""
     from jobs.ingest import run_ingest
 
-    root = Path(cfg.app.data_root)
-    manifest = root / "bronze.json"
+    root = Path(catalog(cfg).location)
+    manifest = Path(catalog(cfg).scratch("bronze.json"))
     key = {"input": inp, "raw_files": sorted(os.listdir(inp["raw"])), "ingest": dataclasses.asdict(cfg.ingest)}
     if manifest.is_file() and tables.exists("bronze_events"):
         info = json.loads(manifest.read_text())
@@ -124,7 +125,7 @@ def _clear_outputs(tables: TableIO, cfg: Config) -> None:
     """Remove the bench root's silver, sessions, vocab and gold, so every timed run writes them from scratch."""
     for name in _WRITTEN_BY_RUNS:
         shutil.rmtree(tables.ref(name).location, ignore_errors=True)
-    shutil.rmtree(os.path.join(cfg.app.data_root, "gold"), ignore_errors=True)
+    shutil.rmtree(catalog(cfg).gold_dir, ignore_errors=True)
 
 
 def _timed_job(spark: SparkSession, step: str, rows: int, cores: int, fn: Callable[[], Any]) -> tuple[Timing, Any]:
@@ -169,18 +170,18 @@ def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = 
     from jobs.sessionize import run_sessionize
 
     cores = spark_cores(spark)
-    root = Path(cfg.app.data_root) / "bench"
-    log.info("bench features %d: [1/5] input (generated events, cached under %s)", n, root / "sessionize" / str(n))
-    inp = bench_input(spark, cfg, root / "sessionize" / str(n), n, regenerate)
-    bcfg = bench_config(cfg, str(root / "features" / str(n)), inp["raw"])
+    cat = catalog(cfg)
+    log.info("bench features %d: [1/5] input (generated events, cached under %s)", n, cat.bench("sessionize", str(n)))
+    inp = bench_input(spark, cfg, Path(cat.bench("sessionize", str(n))), n, regenerate)
+    bcfg = bench_config(cfg, cat.bench("features", str(n)), inp["raw"])
     tables = TableIO(spark, bcfg)
     log.info("bench features %d: [2/5] bronze (ingest, untimed) in %s", n, bcfg.app.data_root)
     bronze = _bronze(tables, bcfg, inp)
     # Warm-up on a slice (JIT, class loading), untimed, so the first size's reference is not penalised.
-    warm = Path(bcfg.app.data_root) / "warmup"
+    warm = Path(catalog(bcfg).scratch("warmup"))
     spark_sessionize_to_parquet(spark.read.parquet(inp["bronze"]).limit(20_000), cfg.sessionize, str(warm))
     shutil.rmtree(warm, ignore_errors=True)
-    copy_dir = str(Path(bcfg.app.data_root) / "gold_copy")
+    copy_dir = catalog(bcfg).scratch("gold_copy")
     sess = feat = copy = None
     gold: dict[str, Any] = {}
     silver_events = 0
@@ -278,7 +279,7 @@ def bench_features(
     spark: SparkSession, cfg: Config, sizes: list[int] | tuple[int, ...] = DEFAULT_SIZES, regenerate: bool = False, repeat: int = 1, docs: Path | None = None
 ) -> dict[str, Any]:
     """Run the features benchmark for each size; write ``reports/bench_features.{md,json}`` (also into ``docs``) and return the report."""
-    out_dirs = [Path(cfg.app.data_root) / "reports"] + ([docs] if docs else [])
+    out_dirs = [Path(catalog(cfg).reports)] + ([docs] if docs else [])
     report: dict[str, Any] = {"benchmark": "features", "optimize": cfg.tables.optimize, "repeat": repeat, "results": []}
     md = ""
     for n in sizes:

@@ -49,6 +49,7 @@ from typing import Any, Callable
 from pyspark.sql import functions as F
 
 from jobs.benchkit import PeakRss, provenance, provenance_line, write_report
+from jobs.catalog import GOLD_TRAIN, VOCAB, Catalog, catalog
 from jobs.common import Context
 from jobs.config import Config, load_config, to_dict
 from jobs.tables import TableIO
@@ -61,18 +62,19 @@ DEFAULT_ROWS = 100_000
 
 
 def bench_config(ctx: Context, root: str, overrides: list[str]) -> Config:
-    """The run's config moved into ``root``: its own tables, checkpoints and MLflow store."""
+    """The run's config moved into ``root``: its own tables, checkpoints and MLflow store (the catalog's defaults for that root)."""
+    bench = Catalog(root)
     return load_config(
         ctx.cfg.env,
         ctx.args.conf_dir,
         [
             *ctx.args.overrides,
             f"app.data_root={root}",
-            f"tables.root={os.path.join(root, 'tables')}",
+            "tables.root=null",  # -> <root>/tables
             "tables.catalog=null",
             "tables.schema=null",
-            f"train.checkpoint_dir={os.path.join(root, 'checkpoints')}",
-            f"train.mlflow_tracking_uri=file:{os.path.join(os.path.abspath(root), 'mlruns')}",
+            f"train.checkpoint_dir={bench.checkpoints}",
+            f"train.mlflow_tracking_uri=file:{bench.mlruns}",
             *overrides,
         ],
     )
@@ -86,15 +88,15 @@ def _setup(ctx: Context, events: int | None) -> tuple[TableIO, Config, str]:
     from jobs.sessionize import run_sessionize
     from jobs.train import run_train
 
-    root = os.path.join(ctx.cfg.app.data_root, "bench", "predict")
+    root = catalog(ctx.cfg).bench("predict")
     quick = ["train.launcher=local", "train.num_proc=1", "train.epochs=1", "features.train_ranks=1"]
     if not ctx.cfg.train.max_steps_per_epoch:
         quick.append("train.max_steps_per_epoch=20")
     cfg = bench_config(ctx, root, quick)
     tables = TableIO(ctx.spark, cfg)
-    manifest = Path(root, "input.json")
+    manifest = Path(catalog(cfg).scratch("input.json"))
     made = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    if not tables.exists("gold_train") or made.get("events") != events or ctx.args.regenerate:
+    if not tables.exists(GOLD_TRAIN) or made.get("events") != events or ctx.args.regenerate:
         shutil.rmtree(root, ignore_errors=True)
         write_generated(ctx.spark, cfg, landing_dir(cfg), target_events=events)
         run_ingest(tables, cfg)
@@ -103,9 +105,9 @@ def _setup(ctx: Context, events: int | None) -> tuple[TableIO, Config, str]:
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps({"events": events}))
     # The checkpoint folder is named by the train config and gold version: a different model size trains anew.
-    key = hashlib.sha256(json.dumps([to_dict(cfg.train), tables.version("gold_train")], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    cfg = bench_config(ctx, root, [*quick, f"train.checkpoint_dir={os.path.join(root, 'checkpoints', key)}"])
-    path = os.path.join(cfg.train.checkpoint_dir, "last.pt")
+    key = hashlib.sha256(json.dumps([to_dict(cfg.train), tables.version(GOLD_TRAIN)], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cfg = bench_config(ctx, root, [*quick, f"train.checkpoint_dir={os.path.join(catalog(cfg).checkpoints, key)}"])
+    path = catalog(cfg).checkpoint("last")
     if not os.path.isfile(path):
         run_train(tables, cfg, fresh=True)
     return tables, cfg, path
@@ -166,11 +168,11 @@ def bench_predict(ctx: Context, events: int | None, rows: int | None = None, rep
     tables, cfg, path = _setup(ctx, events)
     pc = cfg.predict
     ckpt = read_checkpoint(path)
-    work = os.path.join(cfg.app.data_root, "work")
+    work = catalog(cfg).scratch("work")
     shutil.rmtree(work, ignore_errors=True)
     inp = _windows(tables, cfg, ckpt, rows or DEFAULT_ROWS, os.path.join(work, "windows"), cores)
     n = inp["rows"]
-    vocab = tables.read("vocab", version=ckpt.schema["inputs"]["vocab_table_version"])
+    vocab = tables.read(VOCAB, version=ckpt.schema["inputs"]["vocab_table_version"])
     names = [c["name"] for c in model_inputs(ckpt.schema)]
 
     def spark_path(sink: str) -> None:
@@ -224,7 +226,7 @@ def bench_predict(ctx: Context, events: int | None, rows: int | None = None, rep
         "target": TARGET,
     }
     report |= provenance()
-    md = write_report("predict", report, render_markdown, [Path(ctx.cfg.app.data_root, "reports")] + ([docs] if docs else []))
+    md = write_report("predict", report, render_markdown, [Path(catalog(ctx.cfg).reports)] + ([docs] if docs else []))
     log.info("bench predict results:\n%s", md)
     shutil.rmtree(work, ignore_errors=True)
     return report

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.benchkit import version as benchkit_version
+from jobs.catalog import SILVER_EVENTS, catalog
 from jobs.common import Context, InputError, protocol_layer
 from jobs.config import Config, load_config
 from jobs.tables import TableIO
@@ -64,7 +65,7 @@ def case_config(ctx: Context, sample: str, protocol: str) -> Config:
     from jobs.run import dataset_layer
 
     layers = [p for p in (dataset_layer(ctx.args.conf_dir, SAMPLES[sample][1]), protocol_layer(ctx.args.conf_dir, protocol)) if p is not None]
-    root = os.path.join(ctx.cfg.app.data_root, "bench", "quality", f"{sample}-{protocol}")
+    root = catalog(ctx.cfg).bench("quality", f"{sample}-{protocol}")
     return load_config(ctx.cfg.env, ctx.args.conf_dir, [*ctx.args.overrides, f"app.data_root={root}"], [*layers, *ctx.args.conf_files])
 
 
@@ -259,7 +260,7 @@ def bench_quality(ctx: Context, data_dir: Path, samples: list[str], protocols: l
             add_recbole_peer(ctx, case)
         case.pop("_cfg"), case.pop("_tables")
         report["cases"].append(case)
-    out_dir = Path(ctx.cfg.app.data_root) / "reports"
+    out_dir = Path(catalog(ctx.cfg).reports)
     paths = write_outputs(report, out_dir)
     if docs is not None:
         write_outputs(report, docs)
@@ -288,7 +289,7 @@ def peer_events(tables: TableIO, cfg: Config):
     from jobs.build_features import filter_events
 
     fc = cfg.features
-    prepared = tables.read("silver_events").transform(prepare_events, fc).transform(as_entity, fc.entity)
+    prepared = tables.read(SILVER_EVENTS).transform(prepare_events, fc).transform(as_entity, fc.entity)
     events, _ = filter_events(prepared, fc)
     ordered = events.transform(order_events).select("user_id", "item_id", F.col("user_pos").alias("order"), F.xxhash64("user_id").alias("user_key"))
     return ordered.toPandas()
@@ -337,7 +338,7 @@ def add_recbole_peer(ctx: Context, case: dict[str, Any]) -> None:
     from training.evaluation import score_task
 
     cfg, tables = case["_cfg"], case["_tables"]
-    work = Path(cfg.app.data_root) / "peer"
+    work = Path(catalog(cfg).scratch("peer"))
     work.mkdir(parents=True, exist_ok=True)
     events = peer_events(tables, cfg)
     events_csv, out_json = work / "events.csv", work / "recbole.json"

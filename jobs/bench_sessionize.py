@@ -44,6 +44,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from features.schema import EVENT_COLUMNS
 from features.sessionize import FUNNEL_ORDER, removal_metrics, sessionize, sessions_table, silver_events
 from jobs.benchkit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
+from jobs.catalog import catalog
 from jobs.common import InputError
 from jobs.config import Config, SessionizeConfig
 
@@ -306,13 +307,13 @@ def bench_sessionize(
     Each engine runs ``repeat`` times, alternating; the fastest run of each is reported.
     """
     cores = spark.sparkContext.defaultParallelism
-    root = Path(cfg.app.data_root)
+    cat = catalog(cfg)
     ingest = _ingest_transform() if with_ingest else None
     if with_ingest and ingest is None:
         log.warning("features.ingest.to_bronze not available: timing sessionize only")
     results = []
     for n in sizes:
-        work = root / "bench" / "sessionize" / str(n)
+        work = Path(cat.bench("sessionize", str(n)))
         inp = bench_input(spark, cfg, work, n, regenerate)
         rows, events_path = inp["rows"], inp["bronze"]
         out = work / "out"
@@ -356,6 +357,6 @@ def bench_sessionize(
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / "duckdb_tmp", ignore_errors=True)
     report = {**provenance(cfg.spark), "benchmark": "sessionize", "cores": cores, "repeat": repeat, "results": results}
-    md = write_report("sessionize", report, render_markdown, [root / "reports"] + ([docs] if docs else []))
-    log.info("bench sessionize results (%s):\n%s", root / "reports" / "bench_sessionize.md", md)
+    md = write_report("sessionize", report, render_markdown, [Path(cat.reports)] + ([docs] if docs else []))
+    log.info("bench sessionize results (%s):\n%s", Path(cat.reports) / "bench_sessionize.md", md)
     return report

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from jobs.benchkit import provenance, provenance_line, write_report
+from jobs.catalog import GOLD_TRAIN, catalog
 from jobs.common import Context
 from jobs.config import Config
 from jobs.tables import TableIO
@@ -35,10 +35,10 @@ def _build_gold(ctx: Context, events: int) -> tuple[TableIO, Config]:
     from jobs.ingest import run_ingest
     from jobs.sessionize import run_sessionize
 
-    root = os.path.join(ctx.cfg.app.data_root, "bench", "train")
+    root = catalog(ctx.cfg).bench("train")
     cfg = load_config(ctx.cfg.env, ctx.args.conf_dir, [*ctx.args.overrides, f"app.data_root={root}"])
     tables = TableIO(ctx.spark, cfg)
-    if not tables.exists("gold_train"):
+    if not tables.exists(GOLD_TRAIN):
         write_generated(ctx.spark, cfg, landing_dir(cfg), target_events=events)
         run_ingest(tables, cfg)
         run_sessionize(tables, cfg, plot=False)
@@ -48,32 +48,18 @@ def _build_gold(ctx: Context, events: int) -> tuple[TableIO, Config]:
 
 def bench_train(ctx: Context, events: int | None, epochs: int = 3, ranks: tuple[int, ...] = (1, 2), docs: Path | None = None) -> dict[str, Any]:
     """Samples/s of both data sources for each rank count; writes ``reports/bench_train.{md,json}``."""
-    from jobs.train import load_schema
+    from jobs.train import load_schema, train_params
     from training.launch import launch
-    from training.loop import TrainParams, train_fn
+    from training.loop import train_fn
 
     tables, cfg = _build_gold(ctx, events) if events else (ctx.tables, ctx.cfg)
     schema = load_schema(cfg)
     tc = cfg.train
-    base = TrainParams(
-        schema=schema,
-        train_files=tables.files("gold_train"),
-        val_files=[],
-        checkpoint_dir="",
-        model={"encoder": tc.encoder, "dim": tc.dim, "layers": tc.layers, "heads": tc.heads, "dropout": tc.dropout},
-        batch_size=tc.batch_size,
-        epochs=epochs,
-        lr=tc.lr,
-        seed=tc.seed,
-        resume=False,
-        patience=epochs + 1,
-        workers=tc.workers,
-        max_steps_per_epoch=tc.max_steps_per_epoch,
-    )
+    base = train_params(cfg, schema=schema, train_files=tables.files("gold_train"), val_files=[], checkpoint_dir="", epochs=epochs, resume=False, patience=epochs + 1)
     rows = []
     for n in ranks:
         for source in ("memory", "petastorm"):
-            ckpt = os.path.join(cfg.app.data_root, "bench", "train-ckpt", f"{source}-{n}")
+            ckpt = catalog(cfg).bench("train-ckpt", f"{source}-{n}")
             params = dataclasses.replace(base, source=source, checkpoint_dir=ckpt, distributed=n > 1)
             result = launch(train_fn, params, "spark" if n > 1 else "local", n)[0]
             timed = result["history"][1:] or result["history"]
@@ -86,7 +72,7 @@ def bench_train(ctx: Context, events: int | None, epochs: int = 3, ranks: tuple[
         pet = next(r["samples_per_s"] for r in rows if r["ranks"] == n and r["source"] == "petastorm")
         report["ratios"][str(n)] = pet / mem if mem else float("nan")
     report |= provenance()
-    md = write_report("train", report, render_markdown, [Path(cfg.app.data_root, "reports")] + ([docs] if docs else []))
+    md = write_report("train", report, render_markdown, [Path(catalog(cfg).reports)] + ([docs] if docs else []))
     log.info("bench train:\n%s", md)
     return report
 

@@ -63,14 +63,14 @@ from features.sequences import (
 )
 from features.splits import SPLITS, SplitBounds, split_bounds
 from features.vocab import OOV_INDEX, PAD_INDEX, fit_vocab, vocab_sizes, with_vocab_version
+from jobs.catalog import GOLD, SILVER_EVENTS, VOCAB, catalog
 from jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
 from jobs.config import Config, FeaturesConfig, to_dict
 from jobs.tables import TableError, TableIO
 
 log = logging.getLogger(__name__)
 
-SILVER, VOCAB = "silver_events", "vocab"
-GOLD: dict[str, str] = {split: f"gold_{split}" for split in SPLITS}
+SILVER = SILVER_EVENTS
 SCHEMA_FORMAT = "shopseq-gold/1"
 
 
@@ -78,15 +78,15 @@ def build_parser():
     parser = stage_parser("features", "silver_events -> vocab + point-in-time sequence examples, labels and profiles (gold_train/val/test + gold/schema.json).")
     parser.add_argument("--force", action="store_true", help="recompute even when the gold tables already record this silver version and config")
     parser.add_argument(
-        "--sample-fraction", type=float, default=None, metavar="F", help="quick mode: keep a deterministic fraction F of users (whole histories)"
+        "--sample-fraction", type=float, default=None, metavar="F", help="quick mode: keep a deterministic fraction F of users (whole histories) (default: none: every user)"
     )
     add_protocol_flag(parser)
     return parser
 
 
 def schema_path(cfg: Config) -> str:
-    """Where the schema artifact is written: ``<app.data_root>/gold/schema.json``."""
-    return os.path.join(cfg.app.data_root, "gold", "schema.json")
+    """Where the schema artifact is written: the catalog's ``<app.data_root>/gold/schema.json``."""
+    return catalog(cfg).schema_artifact
 
 
 def _lineage(silver_version: int, cfg: Config, sample_fraction: float | None) -> dict[str, Any]:
@@ -102,7 +102,12 @@ def _up_to_date(tables: TableIO, cfg: Config, lineage: dict[str, Any]) -> dict[s
     if "://" in path or not os.path.isfile(path):
         return None
     with open(path) as fh:
-        return json.load(fh)
+        artifact = json.load(fh)
+    # A kill between the last gold commit and this file leaves an older run's artifact: it must name these gold versions.
+    if any((artifact.get("tables") or {}).get(split, {}).get("version") != tables.version(name) for split, name in GOLD.items()):
+        log.warning("%s does not describe the current gold table versions (a run stopped before writing it): rebuilding", path)
+        return None
+    return artifact
 
 
 def _write_vocab(tables: TableIO, vocab: DataFrame, lineage: dict[str, Any]) -> tuple[str, bool]:

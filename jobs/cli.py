@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from jobs.config import DefaultsHelpFormatter
+
 # stage -> (module with main(argv), one-line help)
 STAGES: dict[str, tuple[str, str]] = {
     "generate": ("jobs.generate", "write the synthetic event dataset (the embedded default input)"),
@@ -21,14 +23,18 @@ STAGES: dict[str, tuple[str, str]] = {
     "predict": ("jobs.predict", "batch predictions back to Delta"),
     "run": ("jobs.run", "the whole pipeline, generate -> predict, in one command"),
     "bench": ("jobs.bench", "benchmarks reported as ratios against a reference in the same run"),
+    "config": ("jobs.config", "validate the config layers without Spark and print them (--reference: the key reference)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``shopseq``: the stages as sub-commands (each stage parses its own arguments)."""
     parser = argparse.ArgumentParser(
         prog="shopseq",
         description="E-commerce events -> Delta -> sequence features -> distributed PyTorch -> predictions.",
-        epilog="Run 'shopseq <stage> --help' for a stage's options. Every stage takes --env, --conf-dir and --set KEY=VALUE.",
+        epilog="Run 'shopseq <stage> --help' for a stage's options, each with its default. Every stage takes --env, --conf-dir, "
+        "--conf-file FILE and --set KEY=VALUE (keys: docs/configuration.md).",
+        formatter_class=DefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", title="stages")
     for name, (_, help_text) in STAGES.items():

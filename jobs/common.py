@@ -21,14 +21,16 @@ from typing import Callable, Sequence
 
 from pyspark.sql import SparkSession
 
-from jobs.config import Config, ConfigError, default_conf_dir, load_config
+from jobs.config import Config, ConfigError, DefaultsHelpFormatter, add_config_flags, default_conf_dir, load_config
 from jobs.spark import get_spark
 from jobs.tables import TableError, TableIO
+from training.launch import TrainingFailed
 
 log = logging.getLogger("shopseq")
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad config, bad arguments, bad input: one line on stderr
+EXIT_FAILED = 1  # an unexpected failure: one line on stderr, the traceback in the log at DEBUG level
 
 
 class InputError(ValueError):
@@ -46,12 +48,9 @@ class Context:
 
 
 def stage_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser with the flags every stage takes."""
-    parser = argparse.ArgumentParser(prog=f"shopseq {name}", description=description)
-    parser.add_argument("--env", default="local", choices=["local", "cluster", "databricks"], help="config environment layered over conf/base.yaml (default: local)")
-    parser.add_argument("--conf-dir", default=None, help="folder with base.yaml and <env>.yaml (default: $SHOPSEQ_CONF_DIR, ./conf, or the repo's conf/)")
-    parser.add_argument("--conf-file", dest="conf_files", action="append", default=[], metavar="FILE", help="extra YAML layer merged after <env>.yaml and before --set, e.g. conf/datasets/taobao.yaml (repeatable)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. --set sessionize.gap_minutes=20 (repeatable)")
+    """An argument parser with the flags every stage takes; every option's help shows its default."""
+    parser = argparse.ArgumentParser(prog=f"shopseq {name}", description=description, formatter_class=DefaultsHelpFormatter)
+    add_config_flags(parser)
     return parser
 
 
@@ -59,7 +58,7 @@ def add_protocol_flag(parser: argparse.ArgumentParser) -> None:
     """``--protocol NAME``: the evaluation protocol preset ``conf/protocols/NAME.yaml`` (see :func:`protocol_layer`)."""
     parser.add_argument(
         "--protocol", default=None, metavar="NAME",
-        help="evaluation protocol preset conf/protocols/NAME.yaml (cutoff, recbole_loo, session), applied after the dataset layer and before --conf-file/--set",
+        help="evaluation protocol preset conf/protocols/NAME.yaml (cutoff, recbole_loo, session), applied after the dataset layer and before --conf-file/--set (default: none: features.protocol as configured)",
     )  # fmt: skip
 
 
@@ -122,6 +121,11 @@ def run_stage(parser: argparse.ArgumentParser, argv: list[str] | None, body: Cal
     args = parser.parse_args(argv)
     try:
         return int(body(make_context(args)) or EXIT_OK)
-    except (ConfigError, TableError, InputError) as exc:
+    except (ConfigError, TableError, InputError, TrainingFailed) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - unexpected: one line and exit 1; the traceback goes to the log at DEBUG level
+        log.debug("%s failed", parser.prog, exc_info=True)
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        print(f"{parser.prog}: error: {type(exc).__name__}: {first} (app.log_level=DEBUG logs the traceback)", file=sys.stderr)
+        return EXIT_FAILED

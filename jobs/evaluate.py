@@ -39,15 +39,16 @@ from typing import Any
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from jobs.catalog import GOLD_TRAIN, METRICS, catalog
 from jobs.common import Context, InputError, run_stage, stage_parser
 from jobs.config import Config
 from jobs.report import write_report
 from jobs.tables import TableError, TableIO
-from jobs.train import checkpoint_dir, load_schema
+from jobs.train import load_schema, open_checkpoint
 
 log = logging.getLogger(__name__)
 
-METRICS_TABLE = "metrics"
+METRICS_TABLE = METRICS
 METRICS_SCHEMA = T.StructType(
     [
         T.StructField("evaluation_id", T.StringType()),
@@ -77,33 +78,9 @@ ROW_KEY = ("task", "metric", "k", "method")
 
 def build_parser():
     parser = stage_parser("evaluate", "Evaluate the trained model against baselines on a gold split -> metrics table + report (Markdown, PNG).")
-    parser.add_argument("--split", choices=["test", "val"], default=None, help="override evaluate.split")
-    parser.add_argument("--checkpoint", default=None, metavar="best|last|PATH", help="override evaluate.checkpoint")
+    parser.add_argument("--split", choices=["test", "val"], default=None, help="gold split to score (default: evaluate.split)")
+    parser.add_argument("--checkpoint", default=None, metavar="best|last|PATH", help="checkpoint to evaluate (default: evaluate.checkpoint)")
     return parser
-
-
-def checkpoint_path(cfg: Config, checkpoint: str | None = None) -> str:
-    """``best``/``last`` -> ``<checkpoint_dir>/<name>.pt``; a relative path is looked up in the checkpoint dir, then the working dir."""
-    choice = checkpoint or cfg.evaluate.checkpoint
-    base = checkpoint_dir(cfg)
-    if choice in ("best", "last"):
-        return os.path.join(base, f"{choice}.pt")
-    if os.path.isabs(choice):
-        return choice
-    inside = os.path.join(base, choice)
-    return inside if os.path.exists(inside) else os.path.abspath(choice)
-
-
-def model_version(state: dict[str, Any], path: str) -> str:
-    """``<MLflow run id>-e<epoch, 4 digits>``, else ``sha256-<16 hex of the checkpoint file>``: the default of ``shopseq predict``'s ``model_version``."""
-    run_id = (state.get("params") or {}).get("mlflow_run_id")
-    if run_id and state.get("epoch") is not None:
-        return f"{run_id}-e{int(state['epoch']):04d}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"sha256-{digest.hexdigest()[:16]}"
 
 
 def evaluation_id(model: str, gold_table: str, gold_version: int, gold_train_version: int, cfg: Config) -> str:
@@ -117,8 +94,8 @@ def evaluation_id(model: str, gold_table: str, gold_version: int, gold_train_ver
 
 
 def report_dir(cfg: Config, eval_id: str) -> str:
-    """``evaluate.report_dir``, else ``<app.data_root>/reports/<evaluation id>``."""
-    return os.path.abspath(cfg.evaluate.report_dir or os.path.join(cfg.app.data_root, "reports", eval_id))
+    """The catalog's report folder: ``evaluate.report_dir``, else ``<app.data_root>/reports/<evaluation id>``."""
+    return catalog(cfg).report(eval_id)
 
 
 def _check_config(cfg: Config) -> None:
@@ -148,43 +125,38 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
     per task), ``method_seconds`` (wall time per method), ``report_dir``, ``report_path``,
     ``metrics_table_version`` and ``skipped`` (nothing written: already recorded).
     """
-    from training.checkpoint import load_model
+    from training.checkpoint import model_from_state
     from training.data import count_rows, load_tensors, model_columns
     from training.evaluation import OOV_METRIC, compare, evaluate_all
 
     _check_config(cfg)
     ec = cfg.evaluate
     split = split or ec.split
-    path = checkpoint_path(cfg, checkpoint)
-    if not os.path.isfile(path):
-        raise InputError(f"no checkpoint at {path}: run `shopseq train` first (or set evaluate.checkpoint)")
+    ckpt, version = open_checkpoint(cfg, checkpoint or ec.checkpoint, "evaluate")  # refuses a checkpoint of another vocabulary
+    path, state = ckpt.path, ckpt.state
     try:
-        model, state = load_model(path)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle or load means the file is not a usable checkpoint
+        model = model_from_state(state)
+    except Exception as exc:  # noqa: BLE001 - any failure to build or load the weights means the file is not a usable checkpoint
         raise InputError(f"{path}: not a loadable shopseq checkpoint ({type(exc).__name__}: {exc})") from None
     schema = load_schema(cfg)
     vocab = schema.get("inputs", {}).get("vocab_version")
-    trained_on = (state.get("schema") or {}).get("inputs", {}).get("vocab_version")
-    if trained_on != vocab:
-        raise InputError(f"checkpoint {path} was trained on vocabulary {trained_on}, the gold tables use {vocab}: retrain before evaluating")
     gold_table = f"gold_{split}"
-    gold_version, train_version = tables.version(gold_table), tables.version("gold_train")
+    gold_version, train_version = tables.version(gold_table), tables.version(GOLD_TRAIN)
     if gold_version is None or train_version is None:
         raise TableError(f"tables {gold_table!r} and 'gold_train' must exist: run `shopseq features` first")
     if (state.get("lineage") or {}).get("gold_train_version") not in (None, train_version):
         log.warning("checkpoint %s was trained on gold_train version %s; the baselines use version %d", path, state["lineage"]["gold_train_version"], train_version)
 
     columns = model_columns(schema) + ["user_key", "cutoff_time_us"]
-    files = {name: tables.files(name, version=v) for name, v in ((gold_table, gold_version), ("gold_train", train_version))}
+    files = {name: tables.files(name, version=v) for name, v in ((gold_table, gold_version), (GOLD_TRAIN, train_version))}
     if not all(files.values()) or not all(count_rows(f) for f in files.values()):
         raise InputError(f"{gold_table} (version {gold_version}) or gold_train (version {train_version}) has no examples to evaluate")
     data = load_tensors(files[gold_table], columns)
-    train = load_tensors(files["gold_train"], columns)
+    train = load_tensors(files[GOLD_TRAIN], columns)
     n_rows = len(data["next_item_idx"])
     log.info("evaluating %s on %s version %d (%d examples); baselines from gold_train version %d", path, gold_table, gold_version, n_rows, train_version)
     evaluation = evaluate_all(model, data, train, schema, ec.ks, ec.calibration_bins, ec.batch_size, ec.bootstrap_samples, ec.confidence, ec.seed)
 
-    version = model_version(state, path)
     eval_id = evaluation_id(version, gold_table, gold_version, train_version, cfg)
     lineage = {
         "evaluation_id": eval_id,

@@ -24,6 +24,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 
 from features.generate import synth_events, synth_users, user_truth, validate
+from jobs.catalog import catalog
 from jobs.common import Context, InputError, run_stage, stage_parser
 from jobs.config import Config, GenerateConfig
 
@@ -45,8 +46,8 @@ def build_parser():
 
 
 def landing_dir(cfg: Config) -> str:
-    """The default landing folder of generated data: ``<app.data_root>/raw/generated``."""
-    return os.path.join(cfg.app.data_root, "raw", "generated")
+    """The default landing folder of generated data: the catalog's ``<app.data_root>/raw/generated``."""
+    return catalog(cfg).landing
 
 
 def build_generated(spark: SparkSession, cfg: GenerateConfig) -> tuple[DataFrame, DataFrame]:

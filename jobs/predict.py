@@ -1,6 +1,8 @@
 """`shopseq predict`: each user's latest window scored by the trained model, written to Delta.
 
-Recipe: load the checkpoint on the driver (its schema artifact, features
+Recipe: open the checkpoint on the driver (:func:`jobs.train.open_checkpoint`,
+shared with ``shopseq evaluate``: it refuses a model trained on another
+vocabulary than the gold tables' current one; its schema artifact, features
 config and lineage are what scoring must match); read ``silver_events``
 (latest version) and ``vocab`` at the version the model was trained with;
 build every user's latest window before ``as_of``
@@ -31,11 +33,9 @@ as_of never replaces a newer prediction).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import logging
 import os
-import re
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -50,17 +50,16 @@ from pyspark.sql import types as T
 from features.scoring import KEY_COLUMNS, events_before, latest_windows
 from features.sequences import prepare_events
 from features.vocab import FIRST_INDEX
+from jobs.catalog import PREDICTIONS, PREDICTIONS_LATEST, SILVER_EVENTS, VOCAB
 from jobs.common import Context, InputError, run_stage, stage_parser
 from jobs.config import Config, FeaturesConfig
 from jobs.tables import TableIO
-from jobs.train import checkpoint_dir
+from jobs.train import Checkpoint, open_checkpoint, read_checkpoint  # noqa: F401 - read_checkpoint: the benchmark opens a checkpoint by path
 
 log = logging.getLogger(__name__)
 
-SILVER, VOCAB = "silver_events", "vocab"
-PREDICTIONS, LATEST = "predictions", "predictions_latest"
+SILVER, LATEST = SILVER_EVENTS, PREDICTIONS_LATEST
 PARTITION_COLUMNS = ["as_of_key", "model_version"]
-_SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _WINDOW_KEYS = ("max_len", "cutoff", "time_buckets", "drop_bot_suspects")  # the features.* keys a latest window depends on
 
@@ -90,60 +89,6 @@ def build_parser():
 
 
 # --------------------------------------------------------------------------- the checkpoint
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-    """A checkpoint as the driver sees it: its bytes (what executors load), content digest and saved state."""
-
-    path: str
-    data: bytes
-    digest: str  # sha256 of the bytes: the executors' model-cache key
-    state: dict[str, Any]
-
-    @property
-    def schema(self) -> dict[str, Any]:
-        return self.state["schema"]
-
-
-def resolve_checkpoint(cfg: Config, checkpoint: str | None = None) -> str:
-    """``best`` / ``last`` (in :func:`jobs.train.checkpoint_dir`) or a path; it must exist."""
-    name = checkpoint or cfg.predict.checkpoint
-    path = os.path.join(checkpoint_dir(cfg), f"{name}.pt") if name in ("best", "last") else os.path.abspath(name)
-    if not os.path.isfile(path):
-        raise InputError(f"no checkpoint at {path}: run `shopseq train` first or pass --checkpoint PATH")
-    return path
-
-
-def read_checkpoint(path: str) -> Checkpoint:
-    """Read the checkpoint once on the driver (no model is built here)."""
-    import torch
-
-    with open(path, "rb") as fh:
-        data = fh.read()
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not a checkpoint
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "schema" not in state or "model" not in state:
-        raise InputError(f"{path}: not a shopseq checkpoint (no model or schema)")
-    return Checkpoint(path, data, hashlib.sha256(data).hexdigest(), state)
-
-
-def model_version(ckpt: Checkpoint, cfg: Config) -> str:
-    """``predict.model_version``, else ``<MLflow run id>-e<epoch>``, else ``sha256-<16 hex of the checkpoint>``.
-
-    The same checkpoint always gets the same version; ``best.pt`` and
-    ``epoch-NNNN.pt`` of the same epoch hold the same weights and share it.
-    """
-    version = cfg.predict.model_version
-    if version is None:
-        run_id = (ckpt.state.get("params") or {}).get("mlflow_run_id")
-        epoch = ckpt.state.get("epoch")
-        version = f"{run_id}-e{int(epoch):04d}" if run_id and epoch is not None else f"sha256-{ckpt.digest[:16]}"
-    if not _SAFE_VERSION.match(version):
-        raise InputError(f"predict.model_version: {version!r} must be letters, digits, '.', '_' or '-' (it names a partition)")
-    return version
 
 
 def model_features(ckpt: Checkpoint, cfg: Config) -> FeaturesConfig:
@@ -376,8 +321,7 @@ def run_predict(tables: TableIO, cfg: Config, as_of: str | None = None, checkpoi
     if pc.top_k < 1 or pc.batch_size < 1:
         raise InputError(f"predict.top_k and predict.batch_size must be >= 1, got {pc.top_k} and {pc.batch_size}")
     scored_at = datetime.now(timezone.utc).replace(microsecond=0)
-    ckpt = read_checkpoint(resolve_checkpoint(cfg, checkpoint))
-    version = model_version(ckpt, cfg)
+    ckpt, version = open_checkpoint(cfg, checkpoint or pc.checkpoint, "predict", pc.model_version)  # refuses a checkpoint of another vocabulary
     windows, vocab, lineage = build_windows(tables, cfg, ckpt, as_of)
     log.info("scoring as of %s with model %s (%s): silver_events v%s, vocab %s", _datetime(lineage["as_of_us"]).isoformat(), version, ckpt.path, lineage["silver_version"], lineage["vocab_version"])
     scored = score_windows(tables.spark, windows, ckpt, vocab, pc.top_k, pc.batch_size).transform(with_run_columns, lineage, version, scored_at)

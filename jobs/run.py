@@ -17,11 +17,13 @@ Every stage keeps its own idempotency, so a second run changes no table a
 stage skips: generate skips when its landing folder records the same
 ``generate`` config; ingest finds only duplicates (bronze and quarantine keep
 their versions; ``run_metrics`` gets its row); sessionize and features skip
-when their inputs' versions and config are unchanged; train skips when the
-last checkpoint was trained on the current gold tables with the current model
-config and is finished, and starts fresh (instead of resuming) when the gold
-tables or the model config changed; evaluate skips an evaluation already
-recorded; predict replaces only its own (as-of, model version) partition.
+when their inputs' versions and config are unchanged; train
+(:func:`jobs.train.run_train`, as ``shopseq train``) skips when the last
+checkpoint was trained on the current gold tables and vocabulary with the
+current model config and is finished, and starts a new run (instead of
+resuming, keeping the old checkpoint under ``<checkpoints>/runs/<run id>``)
+when they changed; evaluate skips an evaluation already recorded; predict
+replaces only its own (as-of, model version) partition.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pyspark.sql import functions as F
-
+from jobs.catalog import BRONZE_EVENTS, TABLES, catalog
 from jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
 from jobs.config import Config, default_conf_dir, to_dict
 from jobs.sources import FORMATS
@@ -46,12 +47,7 @@ from jobs.tables import TableIO
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("generate", "ingest", "sessionize", "features", "train", "evaluate", "predict")
-# Every table the pipeline writes, in pipeline order (the summary lists those that exist).
-TABLES: tuple[str, ...] = (
-    "bronze_events", "quarantine", "run_metrics", "silver_events", "sessions", "vocab",
-    "gold_train", "gold_val", "gold_test", "metrics", "predictions", "predictions_latest",
-)  # fmt: skip
-GENERATE_MARKER = "_shopseq_generate.json"  # in the landing folder: the generate config it was written with
+# TABLES (from the catalog): every table the pipeline writes, in pipeline order (the summary lists those that exist).
 
 
 @dataclass
@@ -120,18 +116,18 @@ def select_stages(requested: str | None, real_data: bool) -> tuple[str, ...]:
 
 
 def _generate(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.generate import landing_dir, write_generated
+    from jobs.generate import write_generated
 
-    out_dir = landing_dir(cfg)
-    marker = os.path.join(out_dir, GENERATE_MARKER)
+    cat = catalog(cfg)
+    out_dir, marker = cat.landing, cat.generate_marker
     wanted = to_dict(cfg.generate)
     local = "://" not in out_dir
-    if local and os.path.isfile(marker) and os.path.isdir(os.path.join(out_dir, "events")):
+    if local and os.path.isfile(marker) and os.path.isdir(cat.generated_events):
         with open(marker) as fh:
             if json.load(fh).get("generate") == wanted:
                 log.info("generated data in %s already matches the generate config; not rewritten", out_dir)
-                return StageRun("generate", 0.0, True, {"events": os.path.join(out_dir, "events")})
-        if tables.exists("bronze_events"):
+                return StageRun("generate", 0.0, True, {"events": cat.generated_events})
+        if tables.exists(BRONZE_EVENTS):
             log.warning(
                 "the generate config changed since %s was written: ingest appends, so bronze_events will hold the events of both; "
                 "give this config its own --set app.data_root=DIR", out_dir,
@@ -143,28 +139,9 @@ def _generate(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
     return StageRun("generate", 0.0, False, result)
 
 
-def check_single_source(tables: TableIO, fmt: str) -> None:
-    """Refuse to mix datasets in one table set: bronze may only hold events of the format being ingested."""
-    if not tables.exists("run_metrics"):
-        return
-    stored = {
-        r[0]
-        for r in tables.read("run_metrics").select(F.get_json_object("details", "$.source_format")).distinct().collect()
-        if r[0] is not None
-    }
-    other = sorted(stored - {fmt})
-    if other:
-        raise InputError(
-            f"the tables under {tables.cfg.app.data_root} already hold {', '.join(other)} events; "
-            f"run {fmt!r} data into its own root with --set app.data_root=DIR"
-        )
-
-
 def _ingest(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.ingest import run_ingest
-    from jobs.sources import resolve_source
+    from jobs.ingest import run_ingest  # refuses a second dataset in one root itself (jobs.ingest.check_single_source)
 
-    check_single_source(tables, resolve_source(cfg.source, opts.fmt, opts.input_path).format)
     m = run_ingest(tables, cfg, input_path=opts.input_path, fmt=opts.fmt, limit=opts.limit)
     nothing_new = m["accepted"] == 0 and m["quarantined"] == 0
     return StageRun("ingest", 0.0, False, m, "no new rows: all duplicates" if nothing_new else "")
@@ -184,52 +161,11 @@ def _features(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
     return StageRun("features", 0.0, bool(artifact["skipped"]), artifact)
 
 
-def train_status(tables: TableIO, cfg: Config) -> tuple[str, dict[str, Any]]:
-    """Whether the last checkpoint can be kept: ``("done" | "resume" | "fresh", its state summary)``.
-
-    ``done``: trained on the current gold tables and vocabulary with the current
-    model config, and finished (all epochs, or stopped early). ``resume``: the
-    same, unfinished. ``fresh``: no checkpoint, or one from other data or another
-    model config (resuming it would mix datasets or fail to load).
-    """
-    import torch
-
-    from jobs.train import checkpoint_dir, load_schema, model_kwargs
-
-    path = os.path.join(checkpoint_dir(cfg), "last.pt")
-    if not os.path.isfile(path):
-        return "fresh", {}
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    tc = cfg.train
-    current = {
-        "gold_train_version": tables.version("gold_train"),
-        "gold_val_version": tables.version("gold_val"),
-        "vocab_version": load_schema(cfg).get("inputs", {}).get("vocab_version"),
-    }
-    lineage = state.get("lineage") or {}
-    model = model_kwargs(tc)
-    summary = {"epoch": state["epoch"], "history": state["history"], "params": state.get("params", {}), "lineage": lineage}
-    if any(lineage.get(k) != v for k, v in current.items()) or state.get("model_config") != model:
-        log.info("checkpoint %s was trained on other data or another model config (%s); training from scratch", path, lineage)
-        return "fresh", summary
-    if state["epoch"] + 1 >= tc.epochs or state["bad_epochs"] >= tc.patience:
-        return "done", summary
-    return "resume", summary
-
-
 def _train(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.train import checkpoint_dir, run_train, tracking_uri
+    from jobs.train import run_train
 
-    status, state = train_status(tables, cfg)
-    if status == "done":
-        log.info("the checkpoint in %s is trained on the current gold tables (epoch %d); not retrained", checkpoint_dir(cfg), state["epoch"])
-        params = state["params"]
-        return StageRun(
-            "train", 0.0, True,
-            {"history": state["history"], "checkpoint_dir": checkpoint_dir(cfg), "tracking_uri": params.get("mlflow_tracking_uri") or tracking_uri(cfg),
-             "mlflow_run_id": params.get("mlflow_run_id"), "lineage": state["lineage"], "size": None},
-        )  # fmt: skip
-    return StageRun("train", 0.0, False, run_train(tables, cfg, fresh=status == "fresh"))
+    result = run_train(tables, cfg)  # keeps a current finished checkpoint, resumes a current unfinished one, else starts a new run
+    return StageRun("train", 0.0, bool(result["skipped"]), result)
 
 
 def _evaluate(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
@@ -314,8 +250,7 @@ def run_pipeline(
 
 
 def _collect(tables: TableIO, cfg: Config, runs: list[StageRun], before: dict[str, int | None], seconds: float) -> dict[str, Any]:
-    from jobs.train import checkpoint_dir, tracking_uri
-
+    cat = catalog(cfg)
     results = {r.name: r.result for r in runs}
     train = results.get("train", {})
     evaluation = results.get("evaluate") or {}
@@ -325,9 +260,9 @@ def _collect(tables: TableIO, cfg: Config, runs: list[StageRun], before: dict[st
         "tables": table_summary(tables, before),
         "evaluation": results.get("evaluate"),
         "prediction": results.get("predict"),
-        "checkpoint_dir": train.get("checkpoint_dir") or checkpoint_dir(cfg),
-        "mlflow": {"tracking_uri": train.get("tracking_uri") or tracking_uri(cfg), "experiment": cfg.train.experiment, "run_id": train.get("mlflow_run_id") or evaluation.get("mlflow_run_id")},
-        "data_root": os.path.abspath(cfg.app.data_root) if "://" not in cfg.app.data_root else cfg.app.data_root,
+        "checkpoint_dir": train.get("checkpoint_dir") or cat.checkpoints,
+        "mlflow": {"tracking_uri": train.get("tracking_uri") or cat.mlflow_uri, "experiment": cfg.train.experiment, "run_id": train.get("mlflow_run_id") or evaluation.get("mlflow_run_id")},
+        "data_root": cat.location,
         "seconds": round(seconds, 1),
     }
 

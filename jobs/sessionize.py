@@ -9,7 +9,7 @@ the sessions commit adds ``silver_version``, ``input_events``,
 ``repeats_removed`` and ``bot_suspect_events``. When both tables'
 latest commits already record this bronze version and config, nothing is
 written (a re-run changes no table version); ``--force`` recomputes anyway.
-Then log session statistics and plot the distributions to
+Then log session statistics and plot the distributions to the catalog's
 ``<app.data_root>/reports/sessions.png``.
 """
 
@@ -23,13 +23,14 @@ from typing import Any
 from pyspark.sql import DataFrame, Observation
 
 from features.sessionize import removal_metrics, session_histograms, session_stats, sessionize, sessions_table, silver_events
+from jobs.catalog import BRONZE_EVENTS, SESSIONS, SILVER_EVENTS, catalog
 from jobs.common import Context, run_stage, stage_parser
 from jobs.config import Config, to_dict
 from jobs.tables import TableError, TableIO
 
 log = logging.getLogger(__name__)
 
-BRONZE, SILVER, SESSIONS = "bronze_events", "silver_events", "sessions"
+BRONZE, SILVER = BRONZE_EVENTS, SILVER_EVENTS
 
 
 def build_parser():
@@ -106,7 +107,7 @@ def run_sessionize(tables: TableIO, cfg: Config, force: bool = False, plot: bool
         stats["input_events"] or 0,
     )
     if plot and not skipped:
-        stats["plot"] = write_session_plot(tables.read(SESSIONS), os.path.join(cfg.app.data_root, "reports", "sessions.png"))
+        stats["plot"] = write_session_plot(tables.read(SESSIONS), catalog(cfg).sessions_plot)
     return stats
 
 

@@ -11,6 +11,9 @@ formats take only ``path`` from config (``--input`` overrides it).
 | ``rees46`` | CSV with header | ``2019-10-01 00:00:00 UTC`` times; ``user_session`` -> source_session_id; ``category_code`` is not kept |
 | ``retailrocket`` | CSV with header: ``timestamp,visitorid,event,itemid,transactionid`` | unix ms; view/addtocart/transaction; no category, price or brand |
 | ``diginetica`` | ``;``-separated with header: ``session_id;user_id;item_id;timeframe;eventdate`` | views only; time = eventdate (UTC midnight) + timeframe ms; user_id ``NA`` -> ``"s" + session_id`` (see below) |
+| ``yoochoose_clicks`` | RecSys Challenge 2015 ``yoochoose-clicks.dat``, no header: ``session_id,timestamp,item_id,category`` | ISO times with ``Z``; every click is a view; the session is the user; category ``0`` (missing) -> null |
+| ``yoochoose_buys`` | ``yoochoose-buys.dat``, no header: ``session_id,timestamp,item_id,price,quantity`` | every row a purchase; price ``0`` (unknown) -> null; quantity is not kept |
+| ``otto`` | OTTO JSON lines: ``{"session": 1, "events": [{"aid": 2, "ts": 1661724000278, "type": "clicks"}, ...]}`` | one event per element of ``events`` (``source.explode``); unix ms; clicks/carts/orders; the session is the user |
 | ``generated`` | Parquet from ``shopseq generate`` | ``<app.data_root>/raw/generated/events``; session_hint -> source_session_id |
 
 Diginetica's ``user_id`` is ``NA`` for anonymous sessions (most of them). Such
@@ -20,7 +23,16 @@ histories of anonymous visitors are one session long.
 
 CSV and JSON-lines inputs are read with ``spark.read.text``: one row per
 physical line, the line itself kept as ``raw``, so every line is accounted for
-(blank and malformed lines are quarantined downstream, header lines counted).
+(blank, malformed, undecodable lines are quarantined downstream, header lines
+counted). Lines end at ``\n``, ``\r\n`` or a lone ``\r``. Files ending in ``.gz``
+or ``.bz2`` (also ``.deflate``) are decompressed by Spark (Hadoop's codecs, chosen by the
+extension); other compressed or archive files (:data:`UNSUPPORTED_SUFFIXES`)
+are refused by name, as is a ``.gz``/``.bz2`` file whose first bytes are not
+gzip/bzip2 (local files).
+
+The YooChoose clicks and buys files are one dataset (:data:`DATASETS`): both
+may be ingested into one data root; the formats of different datasets may not
+(:func:`jobs.ingest.check_single_source`).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from pyspark.sql.utils import AnalysisException
 
 from features.ingest import CANONICAL_KEYS, REQUIRED_KEYS, source_columns_needed
 from features.schema import EVENT_TYPES
+from jobs.catalog import Catalog
 from jobs.common import InputError
 from jobs.config import ConfigError, SourceConfig
 
@@ -99,6 +112,37 @@ PRESETS: dict[str, SourceConfig] = {
         user_fallback_column="session_id",  # anonymous (NA) user -> "s<session_id>": one pseudo-user per session
         user_fallback_prefix="s",
     ),
+    "yoochoose_clicks": SourceConfig(
+        format="yoochoose_clicks",
+        reader="csv",
+        options={"sep": ",", "header": "false"},
+        columns=["session_id", "timestamp", "item_id", "category"],
+        mapping={"user_id": "session_id", "item_id": "item_id", "event_time": "timestamp", "category_id": "category", "source_session_id": "session_id"},
+        constants={"event_type": "click"},  # the clicks file holds clicks only
+        event_types={"click": "view"},
+        time_format="timestamp",  # 2014-04-07T10:51:09.277Z
+        null_values=["", "0"],  # category 0 = missing ("S" = special offer, 1-12 categories, other numbers brands: kept as they are)
+    ),
+    "yoochoose_buys": SourceConfig(
+        format="yoochoose_buys",
+        reader="csv",
+        options={"sep": ",", "header": "false"},
+        columns=["session_id", "timestamp", "item_id", "price", "quantity"],
+        mapping={"user_id": "session_id", "item_id": "item_id", "event_time": "timestamp", "price": "price", "source_session_id": "session_id"},
+        constants={"event_type": "buy"},  # the buys file holds purchases only
+        event_types={"buy": "purchase"},
+        time_format="timestamp",
+        null_values=["", "0"],  # price 0 = unknown
+    ),
+    "otto": SourceConfig(
+        format="otto",
+        reader="json",
+        columns=["session", "aid", "ts", "type"],
+        explode="events",  # one line per session, its events in an array
+        mapping={"user_id": "session", "item_id": "aid", "event_time": "ts", "event_type": "type", "source_session_id": "session"},
+        event_types={"clicks": "view", "carts": "cart", "orders": "purchase"},
+        time_format="unix_ms",
+    ),
     "generated": SourceConfig(
         format="generated",
         reader="parquet",
@@ -117,7 +161,17 @@ PRESETS: dict[str, SourceConfig] = {
     ),
 }
 FORMATS: tuple[str, ...] = (*PRESETS, GENERIC)
+# Formats that are files of one dataset: they may share a data root (every other format is its own dataset).
+DATASETS: dict[str, str] = {"yoochoose_clicks": "yoochoose", "yoochoose_buys": "yoochoose"}
+# Compressed or archive files Spark's text reader cannot decompress (it reads .gz, .bz2 and .deflate by extension).
+UNSUPPORTED_SUFFIXES: tuple[str, ...] = (".zip", ".7z", ".rar", ".xz", ".zst", ".zstd", ".lz4", ".lzo", ".snappy", ".tar", ".tgz", ".z", ".br")
+_MAGIC: dict[str, bytes] = {".gz": b"\x1f\x8b", ".bz2": b"BZh"}
 _DEFAULT = SourceConfig()
+
+
+def dataset_of(fmt: str) -> str:
+    """The dataset a format's files belong to: :data:`DATASETS`, else the format itself."""
+    return DATASETS.get(fmt, fmt)
 
 
 @dataclass(frozen=True)
@@ -163,6 +217,8 @@ def validate_source(source: SourceConfig) -> None:
     bad = sorted({v for v in source.event_types.values() if v not in EVENT_TYPES})
     if bad:
         raise ConfigError(f"'source.event_types' maps to unknown event types {bad}; expected some of {', '.join(EVENT_TYPES)}")
+    if source.explode and source.reader != "json":
+        raise ConfigError(f"'source.explode' needs 'source.reader: json' (got {source.reader!r})")
     if source.time_format == "string" and not source.time_pattern:
         raise ConfigError("'source.time_pattern' is required when 'source.time_format' is string")
     if source.columns:
@@ -176,7 +232,7 @@ def default_path(source: SourceConfig, data_root: str) -> str:
     if source.path:
         return source.path
     if source.format == "generated":
-        return os.path.join(data_root, "raw", "generated", "events")
+        return Catalog(data_root).generated_events
     raise InputError(f"no input for source format {source.format!r}: pass --input PATH or set source.path")
 
 
@@ -206,6 +262,8 @@ def read_source(spark: SparkSession, source: SourceConfig, data_root: str, limit
         files = sorted(frame.inputFiles())
     except AnalysisException as exc:
         raise InputError(f"cannot read {source.format} input at {location}: {str(exc).splitlines()[0]}") from None
+    if source.reader != "parquet":
+        check_compression(files)
     frame = frame.withColumn("input_file", F.col("_metadata.file_path"))
     source = replace(source, columns=_columns(spark, source, frame, files, location))
     validate_source(source)
@@ -234,6 +292,23 @@ def _columns(spark: SparkSession, source: SourceConfig, frame: DataFrame, files:
     header = next(csv.reader([first[0].lstrip("\ufeff")], delimiter=source.options.get("sep", ",")))
     log.info("%s: columns from the header of %s: %s", location, files[0], header)
     return [h.strip() for h in header]
+
+
+def check_compression(files: list[str]) -> None:
+    """Refuse, by name, files the text reader cannot decompress, and local ``.gz``/``.bz2`` files that are not gzip/bzip2 data."""
+    for f in files:
+        name = f.lower()
+        if name.endswith(UNSUPPORTED_SUFFIXES):
+            raise InputError(f"{f}: {os.path.splitext(name)[1]} files are not read; decompress it first (gzip .gz and bzip2 .bz2 files are read as they are)")
+        suffix = os.path.splitext(name)[1]
+        if suffix in _MAGIC and _is_local(f):
+            try:
+                with open(_local(f), "rb") as fh:
+                    head = fh.read(len(_MAGIC[suffix]))
+            except OSError as exc:
+                raise InputError(f"{f}: cannot be read: {exc.strerror}") from None
+            if head and head != _MAGIC[suffix]:
+                raise InputError(f"{f}: named {suffix} but not {'gzip' if suffix == '.gz' else 'bzip2'} data; rename or recompress it")
 
 
 def listing_hash(files: list[str]) -> str:

@@ -1,11 +1,15 @@
 """The one Spark-session factory.
 
-On Databricks and under ``spark-submit`` a session (or its conf) already exists
-and is reused untouched. In local mode a session is built from config with the
-settings the tables and tests rely on: Delta Lake (the JARs ``make setup``
-fetched into :func:`delta_jars_dir`, the SQL extension and the Delta catalog),
-UTC, TIMESTAMP_MICROS Parquet timestamps, few shuffle partitions, UI off, quiet
-logs, and Python workers on the running interpreter.
+On Databricks, under ``spark-submit`` and in tests a session (or its conf)
+may already exist: it is reused, and only the runtime SQL settings the tables
+rely on are applied to it (UTC, TIMESTAMP_MICROS Parquet timestamps, the
+configured shuffle partitions, the runtime ``spark.sql.*`` entries of
+``spark.conf``). Otherwise a session is built with those settings, Delta
+Lake's SQL extension and catalog, and in local mode (``spark.master`` set)
+the JVM-level settings that only apply when a session starts: the Delta JARs
+``make setup`` fetched into :func:`delta_jars_dir`, driver memory, UI off,
+quiet logs, and Python workers on the running interpreter unless
+``PYSPARK_PYTHON`` or ``spark.pyspark.python`` names one (:func:`python_env`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from pyspark.sql import SparkSession
 
@@ -22,9 +27,13 @@ from jobs.config import ConfigError, SparkConfig
 
 log = logging.getLogger(__name__)
 
-LOCAL_DEFAULTS: dict[str, str] = {
+SQL_DEFAULTS: dict[str, str] = {
+    # Runtime SQL settings the tables depend on: applied to every session, built or reused.
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+}
+LOCAL_DEFAULTS: dict[str, str] = {
+    # Local mode only: a session built here with spark.master set.
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -62,33 +71,90 @@ def delta_jars() -> list[str]:
     return [str(j) for j in jars]
 
 
+def sql_settings(cfg: SparkConfig) -> dict[str, str]:
+    """The runtime SQL settings every session gets, built or reused: UTC, TIMESTAMP_MICROS, shuffle partitions, ``spark.conf``'s ``spark.sql.*`` entries."""
+    settings = {**SQL_DEFAULTS, "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions)}
+    settings.update({k: v for k, v in cfg.conf.items() if k.startswith("spark.sql.")})
+    return settings
+
+
+def build_settings(cfg: SparkConfig, jars: list[str] | None = None) -> dict[str, str]:
+    """Everything a new session is built with: :func:`sql_settings`, Delta's SQL conf, in local mode ``LOCAL_DEFAULTS``, ``jars`` and driver memory; ``spark.conf`` last."""
+    settings = {**sql_settings(cfg), **DELTA_CONF}  # under spark-submit the JARs come from --packages io.delta:delta-spark_2.12:<version>
+    if cfg.master:
+        settings.update(LOCAL_DEFAULTS)
+        settings["spark.jars"] = ",".join(jars or [])
+        settings["spark.driver.memory"] = cfg.driver_memory
+    settings.update(cfg.conf)
+    return settings
+
+
+def apply_sql_settings(spark: SparkSession, cfg: SparkConfig) -> dict[str, str]:
+    """Set :func:`sql_settings` on a running session where they differ; returns what changed.
+
+    Only runtime-modifiable confs can change on a running session: a static
+    one in ``spark.conf`` (``spark.sql.warehouse.dir``, ``spark.sql.extensions``)
+    is left as the session was built, with a debug line.
+    """
+    changed = {}
+    for key, value in sql_settings(cfg).items():
+        if not spark.conf.isModifiable(key):
+            log.debug("%s is fixed when a session starts: left at %s", key, spark.conf.get(key, None))
+            continue
+        if spark.conf.get(key, None) != value:
+            spark.conf.set(key, value)
+            changed[key] = value
+    return changed
+
+
+def python_env(master: str | None, conf: Mapping[str, str], environ: Mapping[str, str], executable: str) -> dict[str, str]:
+    """The ``PYSPARK_PYTHON`` / ``PYSPARK_DRIVER_PYTHON`` values to set before a session is built (only those that change).
+
+    PySpark starts its Python workers with ``PYSPARK_PYTHON`` (else ``python3``).
+    ``spark.pyspark.python`` in ``spark.conf`` wins, as in Spark, and is copied
+    there. Else a set ``PYSPARK_PYTHON`` is kept: spark-submit puts its
+    ``--conf spark.pyspark.python`` there, e.g. ``./environment/bin/python`` of
+    an environment shipped with ``--archives``. Else only in local mode
+    (``master`` ``local...``) do workers run ``executable``, this driver's
+    interpreter: on a cluster that path need not exist on the nodes.
+    ``PYSPARK_DRIVER_PYTHON`` likewise: kept when set, ``executable`` in local mode.
+    """
+    local = bool(master) and master.startswith("local")
+    out = {}
+    if conf.get("spark.pyspark.python"):
+        out["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
+    elif local and not environ.get("PYSPARK_PYTHON"):
+        out["PYSPARK_PYTHON"] = executable
+    if local and not environ.get("PYSPARK_DRIVER_PYTHON"):
+        out["PYSPARK_DRIVER_PYTHON"] = executable
+    return {k: v for k, v in out.items() if environ.get(k) != v}
+
+
 def get_spark(cfg: SparkConfig) -> SparkSession:
-    """Return the active session, or build one from ``cfg``.
+    """Return the active session with the runtime SQL settings of ``cfg`` applied, or build one from ``cfg``.
 
     ``cfg.master`` set (local mode): a fresh local session with
-    :data:`LOCAL_DEFAULTS`. ``cfg.master`` unset (spark-submit, clusters):
-    ``getOrCreate`` takes master and conf from the launcher; only the
-    UTC/timestamp settings that tables depend on are applied on top.
+    :data:`LOCAL_DEFAULTS`, the Delta JARs and driver memory. ``cfg.master``
+    unset (spark-submit, clusters): ``getOrCreate`` takes master and JVM
+    conf from the launcher. Either way the SQL settings (:func:`sql_settings`)
+    are set after ``getOrCreate`` too, since an existing context ignores
+    builder options it was not started with.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
-        log.debug("reusing the active Spark session")
+        changed = apply_sql_settings(active, cfg)
+        log.debug("reusing the active Spark session (set %s)", changed or "nothing")
         return active
-    # Python workers must run this interpreter, or they start a Python without our packages.
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    python = python_env(cfg.master, cfg.conf, os.environ, sys.executable)
+    os.environ.update(python)
+    log.debug("Python workers: %s (set here: %s)", os.environ.get("PYSPARK_PYTHON", "python3, the launcher's default"), python or "nothing")
     builder = SparkSession.builder.appName(cfg.app_name)
-    settings = dict(LOCAL_DEFAULTS) if cfg.master else {k: LOCAL_DEFAULTS[k] for k in ("spark.sql.session.timeZone", "spark.sql.parquet.outputTimestampType")}
-    settings.update(DELTA_CONF)  # under spark-submit the JARs come from --packages io.delta:delta-spark_2.12:<version>
     if cfg.master:
         builder = builder.master(cfg.master)
-        settings["spark.jars"] = ",".join(delta_jars())
-        settings["spark.driver.memory"] = cfg.driver_memory
-        settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
-    settings.update(cfg.conf)
-    for key, value in settings.items():
+    for key, value in build_settings(cfg, delta_jars() if cfg.master else None).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    apply_sql_settings(spark, cfg)
     spark.sparkContext.setLogLevel(cfg.log_level)
     log.info("Spark %s session started (master=%s)", spark.version, spark.sparkContext.master)
     return spark

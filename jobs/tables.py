@@ -18,6 +18,14 @@ finds its keys already present and inserts nothing twice. Tables listed in
 and deletion stages read their changes); :meth:`TableIO.create` adds CHECK
 constraints. :meth:`TableIO.files` lists a snapshot's files from Delta's own
 log, so readers outside Spark (Petastorm, DuckDB) see exactly one version.
+:meth:`TableIO.vacuum` deletes the files no current snapshot references
+(superseded by later commits, or orphans of writes that never committed).
+
+Test hook: :func:`fault_point` makes a process die at a named point (as a
+SIGKILL would) when ``$SHOPSEQ_FAULT`` names it; every write passes
+``before_write:<table>``, ``during_write:<table>`` (inside the Spark tasks
+that write the data) and ``after_commit:<table>``. Unset, it costs one
+environment lookup. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 import uuid
+from urllib.parse import unquote, urlparse
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Mapping, Sequence
@@ -46,6 +56,49 @@ _WRITE_ID = "shopseq_write_id"  # in each commit's userMetadata: finds this writ
 # Created with Change Data Feed on: the raw and cleaned events, whose changes the incremental stages read.
 CHANGE_DATA_FEED: frozenset[str] = frozenset({"bronze_events", "silver_events"})
 MERGE_ATTEMPTS = 5  # insert-only MERGE retries on a concurrent commit
+FAULT_ENV = "SHOPSEQ_FAULT"  # test hook: the fault point at which this process dies (docs/reliability.md)
+FAULT_EXIT = 137  # the exit status of a process killed by SIGKILL (128 + 9)
+DEFAULT_RETAIN_HOURS = 168.0  # VACUUM's default retention (7 days), below which Delta's retention check refuses
+
+
+def fault_point(point: str) -> None:
+    """Test hook: die here, as a SIGKILL would, when ``$SHOPSEQ_FAULT`` equals ``point``.
+
+    ``os._exit`` skips ``finally`` blocks, atexit handlers and buffered
+    writes, like a kill. Only the driver's Python process exits (its JVM and
+    Python workers then stop with it); zero cost when the variable is unset.
+    """
+    if os.environ.get(FAULT_ENV) == point:
+        log.warning("fault injection: %s=%s: this process exits now with status %d", FAULT_ENV, point, FAULT_EXIT)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(FAULT_EXIT)
+
+
+def _during_write_fault(name: str, df: DataFrame) -> DataFrame:
+    """``df`` unchanged, or (``$SHOPSEQ_FAULT`` = ``during_write:<name>``) wrapped so the job is SIGKILLed mid-write.
+
+    The first Spark task to hand a batch of rows to the writer then kills the
+    driver, its JVM and every Python worker: the files already opened are
+    left half-written and nothing is committed, as when a machine dies.
+    """
+    if os.environ.get(FAULT_ENV) != f"during_write:{name}":
+        return df
+    gateway = getattr(df.sparkSession.sparkContext, "_gateway", None)
+    proc = getattr(gateway, "proc", None)
+    pids = [os.getpid()] + ([proc.pid] if proc is not None else [])  # the driver and the JVM it launched
+    log.warning("fault injection: %s=during_write:%s: the write's first task kills this job", FAULT_ENV, name)
+
+    def die_mid_write(batches: Any) -> Any:
+        for batch in batches:
+            yield batch  # the writer takes these rows and asks for more: die before the task can end
+            time.sleep(1.0)  # let the JVM open the output file and write them
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            os.killpg(os.getpgid(0), signal.SIGKILL)  # this worker, its daemon and the other workers
+
+    return df.mapInArrow(die_mid_write, df.schema)
 
 
 class TableError(RuntimeError):
@@ -136,12 +189,19 @@ class TableIO:
 
     # ------------------------------------------------------------------ reads
     def exists(self, name: str | TableRef) -> bool:
-        """Whether the table exists (has a Delta log / is in the catalog)."""
+        """Whether the table exists (has a Delta log / is in the catalog), also when another process created it
+        after this session last looked."""
         ref = self.ref(name)
         if ref.is_catalog:
             return bool(self.spark.catalog.tableExists(ref.location))
         from delta.tables import DeltaTable
 
+        if DeltaTable.isDeltaTable(self.spark, ref.location):
+            return True
+        # Delta caches a path's log per session: one first seen without a table keeps answering "no table" after
+        # another job (a re-run in its own process, a concurrent ingest) creates it. Drop it and look again.
+        jvm = self.spark.sparkContext._jvm
+        jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(self.spark._jsparkSession, jvm.org.apache.hadoop.fs.Path(ref.location))
         return bool(DeltaTable.isDeltaTable(self.spark, ref.location))
 
     def version(self, name: str | TableRef) -> int | None:
@@ -294,6 +354,8 @@ class TableIO:
             if col not in df.columns:
                 raise TableError(f"{ref.name}: partition column {col!r} is not in the data ({', '.join(df.columns)})")
         _refuse_ntz(ref.name, df.schema)
+        fault_point(f"before_write:{ref.name}")
+        df = _during_write_fault(ref.name, df)
         if self.exists(ref) and (mode == "append" or replace_where is not None):
             table_parts = list(self.detail(ref)["partitionColumns"])
             if table_parts != partition_by:
@@ -332,6 +394,8 @@ class TableIO:
         _check_keys(keys)
         self._require(ref)
         cond = " AND ".join([f"t.`{k}` = s.`{k}`" for k in keys] + ([f"({target_filter})"] if target_filter else []))
+        fault_point(f"before_write:{ref.name}")
+        df = _during_write_fault(ref.name, df)
         for attempt in range(1, MERGE_ATTEMPTS + 1):
             write_id = uuid.uuid4().hex
             try:
@@ -347,19 +411,30 @@ class TableIO:
 
     def upsert(self, name: str | TableRef, df: DataFrame, keys: Sequence[str], partition_by: Sequence[str] = (), metadata: dict[str, Any] | None = None, update_when: str | None = None) -> Commit:
         """Merge ``df`` into the table by ``keys``: matched rows updated (where ``update_when`` holds, an SQL
-        condition over ``t`` = table and ``s`` = ``df``), new rows inserted; one MERGE commit."""
+        condition over ``t`` = table and ``s`` = ``df``), new rows inserted; one MERGE commit.
+
+        A MERGE that a concurrent commit conflicts with is retried against the
+        new snapshot (up to :data:`MERGE_ATTEMPTS` times): merging by key again
+        gives the same table, so two runs recording side by side both land."""
         _check_keys(keys)
         ref = self.ref(name)
         if not self.exists(ref):
             return self._write(ref, df, "append", list(partition_by), metadata)
         cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        write_id = uuid.uuid4().hex
-        try:
-            with _session_conf(self.spark, "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(metadata, write_id)):
-                self._table(ref).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll().execute()
-        except Exception as exc:  # noqa: BLE001
-            raise TableError(f"{ref.name}: the MERGE was not committed: {_first_line(exc)}") from exc
-        return self._commit_of(ref, write_id, "merged")
+        fault_point(f"before_write:{ref.name}")
+        df = _during_write_fault(ref.name, df)
+        for attempt in range(1, MERGE_ATTEMPTS + 1):
+            write_id = uuid.uuid4().hex
+            try:
+                with _session_conf(self.spark, "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(metadata, write_id)):
+                    self._table(ref).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll().execute()
+                return self._commit_of(ref, write_id, "merged")
+            except Exception as exc:  # noqa: BLE001 - only Delta's concurrency conflicts are retried
+                if not _is_conflict(exc) or attempt == MERGE_ATTEMPTS:
+                    raise TableError(f"{ref.name}: the MERGE was not committed{' after ' + str(attempt) + ' attempts' if attempt > 1 else ''}: {_first_line(exc)}") from exc
+                log.warning("%s: a concurrent commit conflicted with the MERGE (attempt %d of %d); retrying on the new snapshot", ref.name, attempt, MERGE_ATTEMPTS)
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
 
     def optimize(self, name: str | TableRef, zorder_by: Sequence[str] = (), max_file_mb: int = 128) -> Commit | None:
         """Compact small files (``OPTIMIZE``) towards ``max_file_mb``, clustering by ``zorder_by`` (Z-ORDER).
@@ -380,7 +455,60 @@ class TableIO:
             return None
         m = last["metrics"]
         log.info("%s: optimized to version %d (%s files removed, %s added)", ref.name, last["version"], m.get("numRemovedFiles"), m.get("numAddedFiles"))
+        fault_point(f"after_commit:{ref.name}")
         return Commit(ref.name, last["version"], last["operation"], _int(m.get("numAddedFiles")), None)
+
+    def vacuum(self, name: str | TableRef, retain_hours: float = DEFAULT_RETAIN_HOURS, dry_run: bool = False) -> list[str]:
+        """``VACUUM``: delete the table folder's data files that the current snapshot does not reference and
+        that are older than ``retain_hours``. Returns the deleted files' URIs, sorted (found by listing a
+        local folder before and after; empty for other locations), or with ``dry_run`` those it would delete.
+
+        Those are files superseded by later commits (an overwrite, OPTIMIZE, a
+        MERGE) once the retention has passed since they were removed, and
+        orphans of writes that never committed (a killed job). Time travel to
+        versions older than the retention is lost. Below Delta's 7-day default
+        Delta refuses unless its retention check is off; here it is turned off
+        for this call only (``spark.databricks.delta.retentionDurationCheck.enabled``),
+        so a short retention is a deliberate argument: only when no job reads
+        or writes the table meanwhile (an in-flight write's files look like orphans).
+
+        The call commits nothing (Delta's VACUUM START/END log entries are
+        off for it): the table keeps its version, so the stages whose lineage
+        names that version do not recompute. The listing runs with the
+        session's default parallelism (Delta would use
+        ``spark.sql.sources.parallelPartitionDiscovery.parallelism``, 10,000
+        tasks: minutes on a small local session).
+        """
+        if retain_hours < 0:
+            raise TableError(f"vacuum: retain_hours must be >= 0, got {retain_hours!r}")
+        ref = self.ref(name)
+        self._require(ref)
+        confs = {
+            "spark.databricks.delta.vacuum.logging.enabled": "false",
+            "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(max(1, self.spark.sparkContext.defaultParallelism)),
+        }
+        if retain_hours < DEFAULT_RETAIN_HOURS:
+            confs["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
+        sql = f"VACUUM {self._sql_name(ref)} RETAIN {float(retain_hours)!r} HOURS"
+        before = set(self._file_listing(ref)) if not dry_run and not ref.is_catalog and "://" not in ref.location else None
+        with contextlib.ExitStack() as stack:
+            for key, value in confs.items():
+                stack.enter_context(_session_conf(self.spark, key, value))
+            if dry_run:
+                return sorted(_file_uri(r[0]) for r in self.spark.sql(sql + " DRY RUN").collect())
+            self.spark.sql(sql).collect()
+        deleted = sorted(before - set(self._file_listing(ref))) if before is not None else []
+        log.info("%s: vacuumed %s unreferenced file(s) older than %s hours", ref.name, len(deleted) if before is not None else "its", retain_hours)
+        return deleted
+
+    @staticmethod
+    def _file_listing(ref: TableRef) -> list[str]:
+        """``file://`` URIs of the data files under a local table folder (the log and hidden files aside)."""
+        out = []
+        for folder, dirs, names in os.walk(ref.location):
+            dirs[:] = [d for d in dirs if not d.startswith(("_delta_log", "."))]
+            out += ["file://" + os.path.join(folder, n) for n in names if not n.startswith((".", "_"))]
+        return out
 
     def _commit_of(self, ref: TableRef, write_id: str, rows: str) -> Commit:
         """This write's commit, found by its write id among the newest commits (others may have committed since)."""
@@ -395,6 +523,7 @@ class TableIO:
                 n_files = _int(m.get("numFiles") or m.get("numAddedFiles") or m.get("numTargetFilesAdded"))
                 version = int(entry["version"])
                 log.info("%s: committed version %d (%s, %s files, %s rows)", ref.name, version, entry["operation"], n_files, n_rows)
+                fault_point(f"after_commit:{ref.name}")
                 return Commit(ref.name, version, entry["operation"], n_files, n_rows)
         if rows in ("inserted", "merged"):  # a MERGE with nothing to change commits nothing: the table stays where it was
             version = int(self.version(ref) or 0)
@@ -452,6 +581,11 @@ def _first_line(exc: BaseException) -> str:
 def _file_uri(uri: str) -> str:
     """Hadoop's ``file:/a/b`` as ``file:///a/b`` (what pyarrow and Petastorm expect); other schemes unchanged."""
     return "file://" + uri[len("file:"):] if uri.startswith("file:/") and not uri.startswith("file://") else uri
+
+
+def local_path(uri: str) -> str:
+    """The local path of a ``file:`` URI as :meth:`TableIO.files` gives it (percent-decoded); other URIs unchanged."""
+    return unquote(urlparse(uri).path) if uri.startswith("file:") else uri
 
 
 def _int(value: Any) -> int | None:

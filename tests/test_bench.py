@@ -67,3 +67,40 @@ def test_bench_features_rejects_bad_sizes(spark, capsys, tmp_path):
 
     assert main(["features", "--events", "1000,-5", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}"]) == 2
     assert "--events: expected positive event counts" in capsys.readouterr().err
+
+
+def test_every_benchmark_page_in_the_docs_is_rendered_from_its_json():
+    """docs/benchmarks/bench_<name>.md is exactly what `shopseq bench render` makes of bench_<name>.json: no hand-edited figure."""
+    from jobs.bench import RENDERERS, render_docs
+
+    docs = REPO / "docs" / "benchmarks"
+    reports = sorted(p.stem.removeprefix("bench_") for p in docs.glob("bench_*.json"))
+    assert reports == sorted(RENDERERS), "every benchmark publishes its report in docs/benchmarks"
+    for name in reports:
+        page = (docs / f"bench_{name}.md").read_text()
+        report = json.loads((docs / f"bench_{name}.json").read_text())
+        assert page == __import__(RENDERERS[name], fromlist=["render_markdown"]).render_markdown(report), name
+        assert f"commit {report['commit']}" in page, name  # the version the figures were measured on
+
+
+def test_bench_render_rewrites_a_page_from_its_json(tmp_path):
+    from jobs.bench import render_docs
+    from jobs.bench_sessionize import render_markdown
+
+    report = {
+        "version": "0.1.0", "commit": "abc1234", "created": "2026-12-03 06:00 UTC", "machine": "2 cores, 24 GiB, x86_64", "load_average": [1.0, 0.5, 0.25],
+        "spark": {"master": "local[2]", "shuffle_partitions": 64, "driver_memory": "4g"}, "benchmark": "sessionize", "cores": 2, "repeat": 1,
+        "results": [{"events": 1000, "outputs_match": True, "duckdb": {"events_per_s_per_core": 500.0, "events_per_cpu_s": 1000.0}, "timings": [
+            {"engine": "duckdb", "events": 1000, "seconds": 1.0, "events_per_s_per_core": 500.0, "cpu_s": 1.0, "events_per_cpu_s": 1000.0, "peak_rss_bytes": 2**30},
+            {"engine": "spark", "events": 1000, "seconds": 2.0, "events_per_s_per_core": 250.0, "cpu_s": 4.0, "events_per_cpu_s": 250.0, "peak_rss_bytes": 2**31, "peak_jvm_rss_bytes": 2**30},
+        ]}],
+    }  # fmt: skip
+    (tmp_path / "bench_sessionize.json").write_text(json.dumps(report))
+    (tmp_path / "bench_sessionize.md").write_text("hand-edited\n")
+    assert render_docs(tmp_path) == [tmp_path / "bench_sessionize.md"]
+    page = (tmp_path / "bench_sessionize.md").read_text()
+    assert page == render_markdown(report)
+    assert "Measured on shopseq 0.1.0 (commit abc1234), 2026-12-03 06:00 UTC, 2 cores, 24 GiB, x86_64; load average at the end 1.0 0.5 0.2." in page
+    assert "Spark local[2], 64 shuffle partitions, driver memory 4g." in page
+    assert "| 1,000 | duckdb | 1.0 | 500 | 1.00x | 1.0 | 1,000 | 1.00x | 1.00 | True |" in page
+    assert "| 1,000 | spark | 2.0 | 250 | 0.50x | 4.0 | 250 | 0.25x | 2.00 (JVM 1.00) | True |" in page

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_help_lists_every_stage(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for stage in ("generate", "ingest", "sessionize", "features", "train", "evaluate", "predict", "run", "bench"):
+    for stage in ("generate", "ingest", "sessionize", "features", "train", "evaluate", "predict", "run", "bench", "config"):
         assert f"    {stage}" in out
 
 
@@ -43,7 +43,7 @@ def test_stage_without_its_input_names_the_stage_to_run_first(spark, tmp_path, c
     expected = {
         "features": "shopseq features: error: table 'silver_events' does not exist; run 'shopseq sessionize' first",
         "evaluate": f"shopseq evaluate: error: no checkpoint at {tmp_path}/checkpoints/best.pt: run `shopseq train` first (or set evaluate.checkpoint)",
-        "predict": f"shopseq predict: error: no checkpoint at {tmp_path}/checkpoints/best.pt: run `shopseq train` first or pass --checkpoint PATH",
+        "predict": f"shopseq predict: error: no checkpoint at {tmp_path}/checkpoints/best.pt: run `shopseq train` first (or set predict.checkpoint)",
     }
     for stage, line in expected.items():
         assert cli.main([stage, *root]) == 2
@@ -57,3 +57,61 @@ def test_features_package_is_this_project():
 
     for pkg in (features, jobs, training):
         assert Path(pkg.__file__).resolve().parent.parent == REPO, pkg.__file__
+
+
+def _option_blocks(help_text: str) -> dict[str, str]:
+    """Each option of ``--help`` output -> its help text (wrapped lines joined), from the "options:" section."""
+    import re
+
+    blocks: dict[str, str] = {}
+    names: list[str] = []
+    for line in help_text.split("options:", 1)[1].splitlines():
+        entry = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if entry:  # "  --set KEY=VALUE       override ...": the invocation, then (maybe) the help
+            names = re.findall(r"(?:^|, )(-{1,2}[\w-]+)", entry.group(1))
+            text = entry.group(2) or ""
+        elif names and re.match(r"^\s{3,}\S", line):  # a wrapped help line
+            text = line.strip()
+        else:
+            names = []
+            continue
+        for name in names:
+            blocks[name] = f"{blocks.get(name, '')} {text}".strip()
+    return blocks
+
+
+def _parsers():
+    import importlib
+
+    yield "shopseq", cli.build_parser()
+    for stage, (module, _) in cli.STAGES.items():
+        yield stage, importlib.import_module(module).build_parser()
+
+
+def test_every_option_of_every_stage_shows_its_default():
+    missing = []
+    for name, parser in _parsers():
+        blocks = _option_blocks(parser.format_help())
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option in ("-h", "--help"):
+                    continue
+                if option not in blocks or "(default" not in blocks[option]:
+                    missing.append(f"{name} {option}")
+    assert missing == []
+    from jobs.train import build_parser
+
+    common = _option_blocks(build_parser().format_help())
+    assert common["--env"].endswith("(default: local)")
+    assert common["--set"].endswith("(repeatable) (default: none)") and common["--conf-file"].endswith("(repeatable) (default: none)")
+    assert common["--fresh"].endswith("(default: off)") and common["--epochs"].endswith("(default: train.epochs)")
+
+
+def test_a_bad_config_value_stops_a_stage_with_one_line_and_exit_2(capsys):
+    # load_config refuses the value before any Spark session starts
+    assert cli.main(["train", "--set", "train.num_proc=0"]) == 2
+    assert capsys.readouterr().err == "shopseq train: error: --set: 'train.num_proc' must be >= 1, got 0\n"
+    assert cli.main(["sessionize", "--set", "sessionize.gap_minutes=-5"]) == 2
+    assert capsys.readouterr().err == "shopseq sessionize: error: --set: 'sessionize.gap_minutes' must be > 0, got -5.0\n"
+    assert cli.main(["config", "--set", "train.encoder=lstm"]) == 2
+    assert capsys.readouterr().err == "shopseq config: error: --set: 'train.encoder' must be one of 'transformer', 'gru', got 'lstm'\n"

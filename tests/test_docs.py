@@ -114,8 +114,128 @@ def test_spark_submit_lines_agree():
 
     def block(path: Path) -> str:
         text = path.read_text(encoding="utf-8")
-        m = re.search(r"```bash\n(python -m pip wheel.*?)```", text, re.S)
+        m = re.search(r"```bash\n(make dist .*?)```", text, re.S)
         assert m, f"{path.relative_to(REPO)}: no spark-submit block"
         return m.group(1)
 
     assert block(README) == block(DOCS / "operations.md")
+
+
+# --------------------------------------------------------------------------- the configuration reference
+
+CONFIG_PAGE = DOCS / "configuration.md"
+
+
+def reference_table(text: str) -> dict[str, dict[str, str]]:
+    """The rows of every ``| `key` | type | default | valid values | meaning |`` table: key -> cells."""
+    rows = {}
+    for line in text.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        assert len(cells) == 5, f"docs/configuration.md: a row without 5 cells: {line}"
+        rows[cells[0].strip("`")] = dict(zip(("type", "default", "valid", "meaning"), cells[1:]))
+    return rows
+
+
+def test_configuration_reference_is_the_rendering_of_the_typed_config():
+    from jobs.config import reference_markdown
+
+    assert CONFIG_PAGE.read_text(encoding="utf-8") == reference_markdown(), (
+        "docs/configuration.md is stale: regenerate it with `.venv/bin/shopseq config --reference > docs/configuration.md`"
+    )
+
+
+def test_configuration_reference_documents_exactly_the_typed_keys_with_their_defaults_and_ranges():
+    import dataclasses
+
+    from jobs.config import Config, default_of, key_docs, type_hints, yaml_value
+
+    def leaves(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+        out = {}
+        for f in dataclasses.fields(cls):
+            tp = type_hints(cls)[f.name]
+            out.update(leaves(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else {f"{prefix}{f.name}": f})
+        return out
+
+    documented = reference_table(CONFIG_PAGE.read_text(encoding="utf-8"))
+    typed = leaves(Config)
+    assert sorted(set(typed) - set(documented)) == [], "typed config keys missing from docs/configuration.md"
+    assert sorted(set(documented) - set(typed)) == [], "docs/configuration.md documents keys the typed config does not have"
+    declared = {d.key: d for d in key_docs()}
+    wrong = {}
+    for key, f in typed.items():
+        row = documented[key]
+        if row["default"] != f"`{yaml_value(default_of(f))}`":
+            wrong[key] = ("default", row["default"], yaml_value(default_of(f)))
+        elif row["valid"] != declared[key].valid:
+            wrong[key] = ("valid values", row["valid"], declared[key].valid)
+        elif not row["meaning"]:
+            wrong[key] = ("meaning", "", "a meaning")
+    assert wrong == {}
+    assert documented["train.num_proc"] == {"type": "int", "default": "`2`", "valid": ">= 1", "meaning": documented["train.num_proc"]["meaning"]}
+    assert documented["train.encoder"]["valid"] == "one of `transformer`, `gru`"
+    assert documented["features.gap_days"]["valid"] == ">= 0, or null"
+
+
+# --------------------------------------------------------------------------- README quick commands
+
+# Commands in README.md code blocks that this test does not run, by prefix, and why.
+EXCLUDED = {
+    "make test": "the whole suite",
+    "make run": "the whole pipeline (minutes)",
+    ".venv/bin/shopseq run --input": "a pipeline run on real data",
+    ".venv/bin/shopseq run --stages": "a pipeline run",
+    ".venv/bin/shopseq run --limit": "a pipeline run",
+    "make dist": "builds the wheel and the --py-files zip",
+    "SUBMIT=": "spark-submit on a cluster",
+    "ARGS=": "spark-submit on a cluster",
+    "$SUBMIT": "spark-submit on a cluster",
+    "databricks bundle": "a Databricks workspace",
+}
+
+
+def readme_commands() -> list[str]:
+    """Every command line of README.md's bash blocks (continuations joined, comments dropped)."""
+    commands, in_bash, pending = [], False, ""
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.strip().startswith("```"):
+            in_bash = not in_bash and line.strip() == "```bash"
+            continue
+        if not in_bash:
+            continue
+        text = pending + re.sub(r"(^|\s)#.*$", "", line).strip()
+        if text.endswith("\\"):
+            pending = text[:-1] + " "
+            continue
+        pending = ""
+        if text:
+            commands.append(text)
+    return commands
+
+
+def quick_commands() -> list[str]:
+    return [c for c in readme_commands() if not any(c.startswith(prefix) for prefix in EXCLUDED)]
+
+
+def test_every_readme_command_is_run_or_excluded_by_name():
+    quick = quick_commands()
+    assert [c for c in quick if not c.startswith(".venv/bin/shopseq ")] == [], "README commands neither run here nor in EXCLUDED"
+    assert len(quick) >= 3 and any(c.endswith("--help") for c in quick) and any(" config " in f"{c} " for c in quick)
+
+
+@pytest.mark.parametrize("command", quick_commands())
+def test_readme_quick_command_exits_0(command: str, capsys, monkeypatch):
+    """The quick commands, through ``jobs.cli.main`` (the ``shopseq`` entry point) in this process: no Spark, well under a second."""
+    import shlex
+
+    from jobs import cli
+
+    monkeypatch.chdir(REPO)
+    argv = shlex.split(command)[1:]
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse exits after printing --help
+        code = exc.code
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip(), f"{command}: exit {code}"

@@ -110,7 +110,8 @@ def test_predict_rerun_replaces_only_its_partition_and_matches_in_process_scores
     import torch
 
     from features.vocab import FIRST_INDEX
-    from jobs.predict import PREDICTIONS, LATEST, as_of_key, build_windows, frame_to_tensors, model_inputs, read_checkpoint, resolve_checkpoint, run_predict
+    from jobs.predict import PREDICTIONS, LATEST, as_of_key, build_windows, frame_to_tensors, model_inputs, run_predict
+    from jobs.train import open_checkpoint
     from training.checkpoint import load_model, predict_tensors
 
     tables, cfg = trained.tables, trained.cfg
@@ -160,7 +161,8 @@ def test_predict_rerun_replaces_only_its_partition_and_matches_in_process_scores
     assert all(newest[r["user_id"]] >= key_late for r in preds)
 
     # The Spark path equals in-process inference on the same windows as tensors (float32; tolerance 1e-5).
-    ckpt = read_checkpoint(resolve_checkpoint(cfg))
+    ckpt, version = open_checkpoint(cfg, cfg.predict.checkpoint, "predict")  # the one way evaluate and predict open a model
+    assert (ckpt.path, version) == (first["checkpoint"], first["model_version"])
     windows, _, _ = build_windows(tables, cfg, ckpt, late)
     pdf = windows.toPandas().sort_values("user_id").reset_index(drop=True)
     model, _ = load_model(ckpt.path)

@@ -86,28 +86,6 @@ def test_run_stage_subset_and_bad_stage(spark, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "shopseq run: error: --stages: unknown stage(s) ['sesionize']; choose from generate,ingest,sessionize,features,train,evaluate,predict"
 
 
-@pytest.mark.e2e
-@pytest.mark.horovod
-@pytest.mark.shared_data
-def test_run_taobao_sample_reports_metrics_against_baselines(spark, tmp_path, capsys, shared_data):
-    from jobs.run import main
-
-    path = shared_data / "taobao_head.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    # conf/datasets/taobao.yaml (applied by --format taobao) sets the window, horizons and boundaries; --set app.data_root wins over its root.
-    quick = ["train.epochs=3", "train.dim=32", "train.layers=1"]
-    assert main(_args(tmp_path, "--input", str(path), "--format", "taobao", overrides=quick)) == 0
-    out = capsys.readouterr().out
-    versions = _table_versions(out)
-    assert {"bronze_events", "quarantine", "gold_test", "metrics", "predictions_latest"} <= set(versions)
-    assert not re.search(r"^generate\s", out, re.M)  # real data: no synthetic stage
-    assert set(_task_rows(out)) == set(TASKS), out
-    # Bronze and quarantine: 0 CREATE TABLE (with bronze's constraints), 1 the MERGE.
-    assert re.search(r"^bronze_events\s+1\s+84,440\s", out, re.M)  # the 35 rows before 2017-11-25 +08:00 are quarantined
-    assert re.search(r"^quarantine\s+1\s+35\s", out, re.M)
-
-
 def test_dataset_layer_sits_between_env_and_set(tmp_path):
     from jobs.config import ConfigError, load_config
     from jobs.run import dataset_layer

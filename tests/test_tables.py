@@ -271,3 +271,38 @@ def test_missing_table_is_a_clear_error(tables):
     with pytest.raises(TableError, match="does not exist"):
         tables.read("nope")
     assert tables.version("nope") is None
+
+
+def test_vacuum_deletes_superseded_and_orphan_files_only_past_the_retention(tables, df, spark):
+    from jobs.tables import local_path
+
+    tables.append("flat", df.drop("event_date").repartition(1))
+    root = Path(tables.ref("flat").location)
+    (v0_file,) = [local_path(f) for f in tables.files("flat")]
+    tables.overwrite("flat", spark.createDataFrame([(9, "z", datetime(2024, 2, 1))], "id long, name string, ts timestamp").repartition(1))
+    orphan = root / "part-99999-orphan-of-a-killed-write.snappy.parquet"  # what a write killed before its commit leaves
+    orphan.write_bytes(Path(v0_file).read_bytes())
+    live = [local_path(f) for f in tables.files("flat")]
+    on_disk = lambda: sorted(str(p) for p in root.rglob("*.parquet") if "_delta_log" not in p.parts)  # noqa: E731
+    assert on_disk() == sorted([v0_file, str(orphan), *live])
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    before = spark.conf.get(check, None)
+    assert [local_path(f) for f in tables.vacuum("flat", retain_hours=0, dry_run=True)] == sorted([v0_file, str(orphan)])
+    assert [local_path(f) for f in tables.vacuum("flat", retain_hours=0)] == sorted([v0_file, str(orphan)])
+    assert on_disk() == live  # every Parquet file left is one the current snapshot references
+    assert tables.version("flat") == 1  # VACUUM committed nothing: lineage that names version 1 stays current
+    assert spark.conf.get(check, None) == before  # the retention check was turned off for that call only
+    assert _rows(tables.read("flat")) == [(9, "z", datetime(2024, 2, 1))]
+    with pytest.raises(TableError, match=r"vacuum: retain_hours must be >= 0, got -1"):
+        tables.vacuum("flat", retain_hours=-1)
+
+
+def test_a_table_another_process_creates_is_seen_after_this_session_looked(tables, df):
+    """Delta caches a path's log per session; a table created behind it (a re-run in its own process) must still be found."""
+    import shutil
+
+    tables.append("made_elsewhere", df, partition_by=["event_date"])
+    assert tables.exists("later") is False and tables.version("later") is None  # this session has now looked at "later"
+    shutil.copytree(tables.ref("made_elsewhere").location, tables.ref("later").location, dirs_exist_ok=True)  # created behind its back
+    assert tables.exists("later") is True and tables.version("later") == 0
+    assert _rows(tables.read("later")) == sorted(ROWS)

@@ -64,7 +64,10 @@ def gold(spark, tmp_path_factory):
 def _params(gold, ckpt, **kw) -> TrainParams:
     base = dict(schema=_schema(), train_files=gold["train"], val_files=gold["val"], checkpoint_dir=str(ckpt),
                 model={"dim": 32, "layers": 1, "heads": 2, "dropout": 0.0}, batch_size=32, epochs=3, lr=3e-3,
-                deterministic=True, patience=5, distributed=False)
+                deterministic=True, patience=5, distributed=False,
+                # the train.* fields have no defaults of their own (TrainParams.from_config copies them from config)
+                weight_decay=0.0, wide_lr_scale=10.0, lr_schedule="cosine", loss_weights={"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5},
+                num_negatives=0, next_item_positions="all", repeat_lr_scale=1.0, seed=7, resume=True, amp=False, workers=2, max_steps_per_epoch=None)
     base.update(kw)
     return TrainParams(**base)
 
@@ -97,14 +100,58 @@ def test_lr_factor_cosine_and_constant():
         lr_factor("linear", 0, 4)
 
 
+@pytest.fixture(scope="module")
+def two_ranks(gold, spark, tmp_path_factory):
+    """One uninterrupted 2-epoch run on 2 gloo ranks (horovod.spark.run): checked below, and the reference of the killed-rank test."""
+    ckpt = tmp_path_factory.mktemp("hvd")
+    return launch(train_fn, _params(gold, ckpt, epochs=2, distributed=True), launcher="spark", num_proc=2), ckpt
+
+
 @pytest.mark.horovod
-def test_two_gloo_ranks_via_horovod_spark_run(gold, tmp_path, spark):
-    results = launch(train_fn, _params(gold, tmp_path / "hvd", epochs=2, distributed=True), launcher="spark", num_proc=2)
+def test_two_gloo_ranks_via_horovod_spark_run(two_ranks):
+    results, ckpt = two_ranks
     assert [r["rank"] for r in results] == [0, 1] and all(r["size"] == 2 for r in results)
     assert results[0]["weights_digest"] == results[1]["weights_digest"]  # identical weights on both ranks
     losses = [h["train_loss"] for h in results[0]["history"]]
     assert losses[1] < losses[0]
-    assert (tmp_path / "hvd" / "last.pt").exists()
+    assert (ckpt / "last.pt").exists()
+
+
+RANK_TIMEOUT_S = 20  # train.rank_timeout_s of the killed run
+STARTUP_S = 60  # horovod.spark.run's start (about 12 s here) and one epoch, with a wide margin on 2 busy cores
+
+
+@pytest.mark.horovod
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # Horovod's Spark thread re-raises the job cancel it asked for
+def test_a_killed_rank_stops_the_job_with_one_line_and_a_rerun_resumes_its_epoch(gold, two_ranks, tmp_path, monkeypatch):
+    """Rank 1 dies (exit 137, as SIGKILL) at step 3 of epoch 1: the job ends in time, naming the rank and the checkpoint of
+    epoch 0; the re-run resumes there and its epoch 1 matches the uninterrupted run's (deterministic, CPU)."""
+    import time
+
+    from training.launch import TrainingFailed
+
+    full, _ = two_ranks
+    ckpt = tmp_path / "killed"
+    params = _params(gold, ckpt, epochs=2, distributed=True)
+    monkeypatch.setenv("SHOPSEQ_FAULT", "rank1:epoch1:step3")  # the fault hook of training/loop.py, forwarded to the ranks
+    start = time.monotonic()
+    with pytest.raises(TrainingFailed) as failed:
+        launch(train_fn, params, launcher="spark", num_proc=2, rank_timeout_s=RANK_TIMEOUT_S)
+    elapsed = time.monotonic() - start
+    assert str(failed.value) == (
+        f"training stopped: rank 1 of 2 exited with status 137 (killed: SIGKILL or out of memory); "
+        f"a re-run resumes from {ckpt}/last.pt (epoch 0 complete, continues with epoch 1)"
+    )
+    assert elapsed < STARTUP_S + RANK_TIMEOUT_S, elapsed
+    assert sorted(p.name for p in ckpt.glob("*.pt")) == ["best.pt", "epoch-0000.pt", "last.pt"]  # epoch 1 never completed
+
+    monkeypatch.delenv("SHOPSEQ_FAULT")
+    resumed = launch(train_fn, params, launcher="spark", num_proc=2, rank_timeout_s=RANK_TIMEOUT_S)
+    assert [h["epoch"] for h in resumed[0]["history"]] == [0, 1]  # epoch 0 from the checkpoint, epoch 1 trained again
+    assert resumed[0]["history"][0]["train_loss"] == full[0]["history"][0]["train_loss"]  # the killed run's epoch 0 = the uninterrupted one's
+    assert resumed[0]["history"][1]["train_loss"] == pytest.approx(full[0]["history"][1]["train_loss"], rel=0, abs=1e-6)
+    assert resumed[0]["weights_digest"] == pytest.approx(full[0]["weights_digest"], rel=1e-9)
+    assert resumed[0]["weights_digest"] == resumed[1]["weights_digest"]
 
 
 def test_in_memory_source_runs_the_same_loop(gold, tmp_path):

@@ -9,12 +9,17 @@ import torch
 from training.model import ModelConfig, MultiTaskModel
 
 
-def load_model(path: str, device: str = "cpu") -> tuple[MultiTaskModel, dict[str, Any]]:
-    """The model in eval mode, and the checkpoint's state (epoch, history, schema, lineage)."""
+def load_model(path: Any, device: str = "cpu") -> tuple[MultiTaskModel, dict[str, Any]]:
+    """The model in eval mode, and the checkpoint's state (epoch, history, schema, lineage); ``path`` may be a file object."""
     state = torch.load(path, map_location=device, weights_only=False)
+    return model_from_state(state, device), state
+
+
+def model_from_state(state: dict[str, Any], device: str = "cpu") -> MultiTaskModel:
+    """The model of a checkpoint's state already in memory, in eval mode."""
     model = MultiTaskModel(ModelConfig.from_schema(state["schema"], **state["model_config"]))
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
+    return model.to(device).eval()
 
 
 @torch.no_grad()

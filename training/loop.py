@@ -8,51 +8,82 @@ per rank. Only rank 0 logs, writes checkpoints and returns the history.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
+def _from_train_config() -> Any:
+    """A field whose value is the ``train`` config key of the same name: required, no default of its own (see :meth:`TrainParams.from_config`)."""
+    return field(kw_only=True, metadata={"train_config": True})
+
+
 @dataclass
 class TrainParams:
-    """Everything a rank needs, resolved on the driver (no Spark inside ranks)."""
+    """Everything a rank needs, resolved on the driver (no Spark inside ranks).
+
+    The fields marked ``_from_train_config()`` are the ``train.*`` keys of the
+    same name: they have no defaults here (the typed config and
+    ``conf/base.yaml`` hold the one default), and :meth:`from_config` is the
+    one place they are copied from the config.
+    """
 
     schema: dict[str, Any]
     train_files: list[str]
     val_files: list[str]
     checkpoint_dir: str
-    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig kwargs: encoder, dim, layers, heads, dropout
-    batch_size: int = 256
-    epochs: int = 5
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    wide_lr_scale: float = 10.0  # the wide (linear) parts' learning rate relative to lr
-    lr_schedule: str = "cosine"  # "cosine": per step from the peak (lr) down to 0 at the last epoch's end | "constant"
-    loss_weights: dict[str, float] = field(default_factory=lambda: {"next_item": 1.0, "next_action": 0.5, "purchase": 0.5, "churn": 0.5})
-    num_negatives: int = 0  # 0: full softmax; > 0: sampled softmax with log-Q correction
-    next_item_positions: str = "all"  # "all": every window position learns its next item | "last": the cutoff's label only
-    repeat_lr_scale: float = 1.0  # the repeat bias's learning rate relative to lr
+    model: dict[str, Any] = field(kw_only=True)  # ModelConfig kwargs (jobs.train.model_kwargs): encoder, dim, layers, heads, dropout, repeat, ...
+    batch_size: int = _from_train_config()
+    epochs: int = _from_train_config()
+    lr: float = _from_train_config()
+    weight_decay: float = _from_train_config()
+    wide_lr_scale: float = _from_train_config()  # the wide (linear) parts' learning rate relative to lr
+    lr_schedule: str = _from_train_config()  # "cosine": per step from the peak (lr) down to 0 at the last epoch's end | "constant"
+    loss_weights: dict[str, float] = _from_train_config()
+    num_negatives: int = _from_train_config()  # 0: full softmax; > 0: sampled softmax with log-Q correction
+    next_item_positions: str = _from_train_config()  # "all": every window position learns its next item | "last": the cutoff's label only
+    repeat_lr_scale: float = _from_train_config()  # the repeat bias's learning rate relative to lr
+    seed: int = _from_train_config()
+    resume: bool = _from_train_config()
+    patience: int = _from_train_config()  # early stopping: epochs without validation improvement
+    amp: bool = _from_train_config()
+    deterministic: bool = _from_train_config()
+    workers: int = _from_train_config()
+    max_steps_per_epoch: int | None = _from_train_config()  # quick mode
     item_counts: list[int] | None = None  # item frequencies (index order) for the sampled softmax proposal
-    seed: int = 7
-    resume: bool = True
-    patience: int = 2  # early stopping: epochs without validation improvement
-    amp: bool = False
-    deterministic: bool = False
-    workers: int = 2
-    max_steps_per_epoch: int | None = None  # quick mode
     distributed: bool = True
     lineage: dict[str, Any] = field(default_factory=dict)  # vocab version, gold versions: saved in checkpoints
     source: str = "petastorm"  # "petastorm" (streamed) | "memory" (this rank's shard preloaded as tensors: benchmark reference)
     mlflow_tracking_uri: str | None = None  # rank 0 logs per-epoch metrics into mlflow_run_id
     mlflow_run_id: str | None = None
     log_level: str = "INFO"  # rank 0's progress lines (app.log_level); other ranks log warnings only
+
+    @classmethod
+    def config_fields(cls) -> tuple[str, ...]:
+        """The fields copied from the ``train`` config section."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("train_config"))
+
+    @classmethod
+    def from_config(cls, train: Any, **run: Any) -> "TrainParams":
+        """Params from the ``train`` config section (a ``jobs.config.TrainConfig``) plus this run's own fields.
+
+        ``run`` gives the fields config does not hold (schema, files,
+        checkpoint folder, model kwargs, lineage, ...) and may override a
+        config field for this run (``epochs`` from ``--epochs``, ``resume``
+        from ``--fresh``).
+        """
+        values: dict[str, Any] = {name: copy.deepcopy(getattr(train, name)) for name in cls.config_fields()}
+        values.update(run)
+        return cls(**values)
 
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
@@ -123,21 +154,24 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     ]
     optimizer: Any = torch.optim.AdamW(groups, lr=params.lr * size, weight_decay=params.weight_decay)
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
-    start_epoch, best, history, bad_epochs = 0, -math.inf, [], 0
+    if hvd:
+        # Distributed only: gradients are averaged across ranks by allreduce in step(). Wrapped before any state
+        # is loaded: DistributedOptimizer builds a new optimizer from the param groups, without their state.
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    start_epoch, best, history, bad_epochs, saved_optimizer = 0, -math.inf, [], 0, None
     ckpt = _latest_checkpoint(params.checkpoint_dir) if params.resume else None
     if ckpt and rank == 0:
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, history, bad_epochs = state["epoch"] + 1, state["best"], state["history"], state["bad_epochs"]
+        start_epoch, best, history, bad_epochs, saved_optimizer = state["epoch"] + 1, state["best"], state["history"], state["bad_epochs"], state["optimizer"]
         log.info("resumed from %s (next epoch %d)", ckpt, start_epoch)
     if hvd:
-        # Distributed only: every rank starts from rank 0's weights, optimizer state and progress.
+        # Distributed only: every rank starts from rank 0's weights, optimizer state (Adam's moments, step) and progress.
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-        start_epoch, best, history, bad_epochs = hvd.broadcast_object((start_epoch, best, history, bad_epochs), root_rank=0)
-        # Distributed only: gradients are averaged across ranks by allreduce in step().
-        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+        start_epoch, best, history, bad_epochs, saved_optimizer = hvd.broadcast_object((start_epoch, best, history, bad_epochs, saved_optimizer), root_rank=0)
+        if saved_optimizer is not None and rank != 0:
+            optimizer.load_state_dict(saved_optimizer)
 
     columns = model_columns(params.schema)
     steps = steps_per_epoch(params.train_files, params.batch_size, size)
@@ -179,12 +213,15 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
             return tensor_batches(in_memory, params.batch_size, 0, 1, params.seed + epoch, steps)
         return petastorm_batches(params.train_files, columns, params.batch_size, rank, size, params.seed + epoch, steps, True, params.workers, params.deterministic)
 
+    fault = _rank_fault(rank)  # test hook (docs/reliability.md): None unless $SHOPSEQ_FAULT names this rank
     stopped_early = False
     for epoch in range(start_epoch, params.epochs):
         model.train()
         torch.manual_seed(params.seed * 1000 + epoch)  # dropout and sampling: reproducible per epoch, so resume matches
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros(5)
         for i, batch in enumerate(epoch_batches(epoch)):
+            if fault == (epoch, i):
+                _die(f"rank {rank} at epoch {epoch} step {i}")
             set_learning_rates(optimizer, peak_lrs, lr_factor(params.lr_schedule, epoch * steps + i, params.epochs * steps))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             parts = losses(batch)
@@ -236,6 +273,24 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
             break
     digest = float(sum(p.detach().double().sum().item() for p in model.parameters()))
     return {"rank": rank, "size": size, "history": history, "weights_digest": digest, "stopped_early": stopped_early, "best": best}
+
+
+FAULT_ENV = "SHOPSEQ_FAULT"  # the same test hook as jobs.tables.fault_point
+_RANK_FAULT = re.compile(r"rank(\d+):epoch(\d+):step(\d+)")
+
+
+def _rank_fault(rank: int) -> tuple[int, int] | None:
+    """Test hook: ``$SHOPSEQ_FAULT=rank<r>:epoch<e>:step<s>`` makes rank ``r`` die before step ``s`` of epoch ``e``; (e, s) or None."""
+    m = _RANK_FAULT.fullmatch(os.environ.get(FAULT_ENV, ""))
+    return (int(m[2]), int(m[3])) if m and int(m[1]) == rank else None
+
+
+def _die(where: str) -> None:
+    """Exit at once with SIGKILL's status (137): no cleanup, no Horovod shutdown, as a killed process."""
+    log.warning("fault injection: %s=%s: %s exits now with status 137", FAULT_ENV, os.environ.get(FAULT_ENV), where)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(137)
 
 
 def _track(params: TrainParams, row: dict[str, Any]) -> None:
