@@ -37,7 +37,7 @@ from tests.conftest import REPO, TRAINED_OVERRIDES
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 # The tables the chain writes, and columns that name a run rather than hold data (left out of the checksums).
 TABLES = ("bronze_events", "run_metrics", "silver_events", "sessions", "vocab", "gold_train", "gold_val", "gold_test", "predictions", "predictions_latest")
-RUN_COLUMNS = {"bronze_events": ["ingest_batch"], "predictions": ["scored_at"], "predictions_latest": ["scored_at"]}
+RUN_COLUMNS = {"bronze_events": ["ingest_batch"], "silver_events": ["ingest_batch"], "predictions": ["scored_at"], "predictions_latest": ["scored_at"]}
 AUDIT = ("stage", "input_rows", "accepted", "quarantined", "duplicates", "by_reason")
 # Keys of the schema artifact that name table versions and locations, which differ between two data roots.
 ROOT_KEYS = ("tables", "inputs", "lineage")

@@ -298,10 +298,12 @@ def test_vacuum_deletes_superseded_and_orphan_files_only_past_the_retention(tabl
 
 
 def test_a_table_another_process_creates_is_seen_after_this_session_looked(tables, df):
-    """Delta caches a path's log per session; a table created behind it (a re-run in its own process) must still be found."""
+    """A first write killed before its commit leaves an empty ``_delta_log``; Delta then caches "no table" for the path in
+    this session. The re-run, in its own process, creates the table: this session must see it."""
     import shutil
 
     tables.append("made_elsewhere", df, partition_by=["event_date"])
+    (Path(tables.ref("later").location) / "_delta_log").mkdir(parents=True)  # what the killed first write left
     assert tables.exists("later") is False and tables.version("later") is None  # this session has now looked at "later"
     shutil.copytree(tables.ref("made_elsewhere").location, tables.ref("later").location, dirs_exist_ok=True)  # created behind its back
     assert tables.exists("later") is True and tables.version("later") == 0
