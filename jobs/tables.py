@@ -41,7 +41,7 @@ import uuid
 from urllib.parse import unquote, urlparse
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -396,18 +396,7 @@ class TableIO:
         cond = " AND ".join([f"t.`{k}` = s.`{k}`" for k in keys] + ([f"({target_filter})"] if target_filter else []))
         fault_point(f"before_write:{ref.name}")
         df = _during_write_fault(ref.name, df)
-        for attempt in range(1, MERGE_ATTEMPTS + 1):
-            write_id = uuid.uuid4().hex
-            try:
-                with _session_conf(self.spark, "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(metadata, write_id)):
-                    self._table(ref).alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
-                return self._commit_of(ref, write_id, "inserted")
-            except Exception as exc:  # noqa: BLE001 - only Delta's concurrency conflicts are retried
-                if not _is_conflict(exc) or attempt == MERGE_ATTEMPTS:
-                    raise TableError(f"{ref.name}: the insert-only MERGE was not committed{' after ' + str(attempt) + ' attempts' if attempt > 1 else ''}: {_first_line(exc)}") from exc
-                log.warning("%s: a concurrent commit conflicted with the MERGE (attempt %d of %d); retrying on the new snapshot", ref.name, attempt, MERGE_ATTEMPTS)
-                time.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
+        return self._merge_with_retries(ref, lambda m: m.whenNotMatchedInsertAll(), df, cond, metadata, "inserted", "the insert-only MERGE")
 
     def upsert(self, name: str | TableRef, df: DataFrame, keys: Sequence[str], partition_by: Sequence[str] = (), metadata: dict[str, Any] | None = None, update_when: str | None = None) -> Commit:
         """Merge ``df`` into the table by ``keys``: matched rows updated (where ``update_when`` holds, an SQL
@@ -423,15 +412,19 @@ class TableIO:
         cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         fault_point(f"before_write:{ref.name}")
         df = _during_write_fault(ref.name, df)
+        return self._merge_with_retries(ref, lambda m: m.whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll(), df, cond, metadata, "merged", "the MERGE")
+
+    def _merge_with_retries(self, ref: TableRef, clauses: Callable[[Any], Any], df: DataFrame, cond: str, metadata: dict[str, Any] | None, metric: str, what: str) -> Commit:
+        """Run ``clauses(merge builder)`` as one MERGE of ``df`` on ``cond``, retried (up to :data:`MERGE_ATTEMPTS`) when a concurrent commit conflicts."""
         for attempt in range(1, MERGE_ATTEMPTS + 1):
             write_id = uuid.uuid4().hex
             try:
                 with _session_conf(self.spark, "spark.databricks.delta.commitInfo.userMetadata", _user_metadata(metadata, write_id)):
-                    self._table(ref).alias("t").merge(df.alias("s"), cond).whenMatchedUpdateAll(condition=update_when).whenNotMatchedInsertAll().execute()
-                return self._commit_of(ref, write_id, "merged")
+                    clauses(self._table(ref).alias("t").merge(df.alias("s"), cond)).execute()
+                return self._commit_of(ref, write_id, metric)
             except Exception as exc:  # noqa: BLE001 - only Delta's concurrency conflicts are retried
                 if not _is_conflict(exc) or attempt == MERGE_ATTEMPTS:
-                    raise TableError(f"{ref.name}: the MERGE was not committed{' after ' + str(attempt) + ' attempts' if attempt > 1 else ''}: {_first_line(exc)}") from exc
+                    raise TableError(f"{ref.name}: {what} was not committed{' after ' + str(attempt) + ' attempts' if attempt > 1 else ''}: {_first_line(exc)}") from exc
                 log.warning("%s: a concurrent commit conflicted with the MERGE (attempt %d of %d); retrying on the new snapshot", ref.name, attempt, MERGE_ATTEMPTS)
                 time.sleep(0.2 * attempt)
         raise AssertionError("unreachable")
