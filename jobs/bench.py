@@ -4,7 +4,8 @@ One module per benchmark, over the shared helpers of :mod:`jobs.benchkit`:
 ``sessionize`` (:mod:`jobs.bench_sessionize`, Spark against DuckDB),
 ``features`` (:mod:`jobs.bench_features`), ``train`` (:mod:`jobs.bench_train`),
 ``predict`` (:mod:`jobs.bench_predict`), ``quality`` (:mod:`jobs.bench_quality`,
-the model against the baselines and RecBole on the real samples).
+the model against the baselines and RecBole on the real samples),
+``bot`` (:mod:`jobs.bench_bot`, a million-event bot against the same pipeline without it).
 """
 
 from __future__ import annotations
@@ -25,31 +26,35 @@ def build_parser():
     parser = stage_parser("bench", "Benchmarks reported as ratios against a reference engine in the same run.")
     parser.add_argument(
         "name",
-        choices=["sessionize", "train", "features", "predict", "quality", "render"],
+        choices=["sessionize", "train", "features", "predict", "quality", "scale", "bot", "render"],
         help="which benchmark ('sessionize': Spark against DuckDB; 'features', 'train', 'predict': those stages; "
-        "'quality': model vs baselines on the real samples, per protocol); 'render' re-renders every bench_<name>.md in --docs from its JSON",
+        "'quality': model vs baselines on the real samples, per protocol; 'scale': per-core throughput of ingest, sessionize and features at several sizes, "
+        "projected to --target-events a day; 'bot': one user with --events events in a day against the same pipeline without it); 'render' re-renders every bench_<name>.md in --docs from its JSON",
     )
     parser.add_argument(
         "--events",
         default=None,
         help="sessionize: comma-separated event counts, e.g. 1000000,10000000 (default: 1000000); train: build gold from this many generated events; "
-        "features: comma-separated event counts (default: 1000000,10000000)",
+        "features: comma-separated event counts (default: 1000000,10000000); scale: comma-separated event counts (default: 100000,300000,1000000); bot: the bot's events in its one day (default: 1000000)",
     )
     parser.add_argument("--regenerate", action="store_true", help="regenerate the input even when a previous run left it (sessionize, features, predict)")
     parser.add_argument("--rows", type=int, default=None, help="predict: windows to score (every user's latest window, replicated) (default: 100000)")
+    parser.add_argument("--users", type=int, default=None, help="bot: ordinary background users, about 18 events each (default: 1000)")
     parser.add_argument("--no-ingest", dest="ingest", action="store_false", help="skip the Spark ingest + sessionize timing")
     parser.add_argument("--repeat", type=int, default=1, help="runs per engine (features: per timed step) and size, alternating; the fastest is reported (default: 1)")
     parser.add_argument("--data-dir", default=None, help="quality: folder with the real samples (default: ../shared/data beside the repo)")
     parser.add_argument("--samples", default=None, help="quality: comma-separated samples (default: taobao,rees46,diginetica)")
     parser.add_argument("--protocols", default=None, help="quality: comma-separated protocol presets from conf/protocols (default: recbole_loo,session,cutoff)")
     parser.add_argument("--peer", default=None, choices=["recbole"], help="quality: also run RecBole's SASRec and GRU4Rec on the recbole_loo split (needs `make peer-recbole`)")
+    parser.add_argument("--target-events", type=float, default=1e9, help="scale: events a day to project cores and wall time for (default: 1e9)")
+    parser.add_argument("--window-hours", type=float, default=2.0, help="scale: hours the daily run of ingest, sessionize and features may take (default: 2)")
     parser.add_argument(
         "--docs", default=None, metavar="DIR", help="also write the report's JSON and the Markdown page rendered from it into DIR, e.g. docs/benchmarks (default: only <app.data_root>/reports)"
     )
     return parser
 
 
-RENDERERS = {name: f"jobs.bench_{name}" for name in ("sessionize", "features", "train", "predict", "quality")}
+RENDERERS = {name: f"jobs.bench_{name}" for name in ("sessionize", "features", "train", "predict", "quality", "scale", "bot")}
 
 
 def render_docs(out_dir: Path) -> list[Path]:
@@ -102,6 +107,15 @@ def _run(ctx: Context) -> int:
         from jobs.bench_quality import _run as run_quality  # model quality on the real samples (issue #14)
 
         return run_quality(ctx)
+    if ctx.args.name == "bot":
+        from jobs.bench_bot import DEFAULT_BOT_EVENTS, DEFAULT_USERS, bench_bot  # a million-event bot (issue #17)
+
+        sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [DEFAULT_BOT_EVENTS]
+        users = DEFAULT_USERS if ctx.args.users is None else ctx.args.users
+        if len(sizes) != 1 or users < 1:
+            raise InputError("bench bot takes one --events count and a positive --users")
+        bench_bot(ctx.spark, ctx.cfg, sizes[0], users, args=ctx.args, docs=_docs(ctx))
+        return 0
     if ctx.args.repeat < 1:
         raise InputError(f"--repeat: expected a positive count, got {ctx.args.repeat}")
     if ctx.args.name == "predict":
@@ -111,6 +125,14 @@ def _run(ctx: Context) -> int:
         if len(sizes) != 1 or (ctx.args.rows is not None and ctx.args.rows < 1):
             raise InputError("bench predict takes one --events count and a positive --rows")
         bench_predict(ctx, sizes[0], rows=ctx.args.rows, repeat=ctx.args.repeat, docs=_docs(ctx))
+        return 0
+    if ctx.args.name == "scale":
+        from jobs.bench_scale import DEFAULT_SIZES, bench_scale  # throughput at several sizes, projected (issue #18)
+
+        if ctx.args.target_events <= 0 or ctx.args.window_hours <= 0:
+            raise InputError("bench scale: --target-events and --window-hours must be positive")
+        sizes = _parse_sizes(ctx.args.events) if ctx.args.events else list(DEFAULT_SIZES)
+        bench_scale(ctx.spark, ctx.cfg, sizes, ctx.args.target_events, ctx.args.window_hours, regenerate=ctx.args.regenerate, docs=_docs(ctx))
         return 0
     if ctx.args.name == "features":
         from jobs.bench_features import bench_features  # the features stage's benchmark (issue #4)

@@ -279,7 +279,7 @@ def bench_features(
     spark: SparkSession, cfg: Config, sizes: list[int] | tuple[int, ...] = DEFAULT_SIZES, regenerate: bool = False, repeat: int = 1, docs: Path | None = None
 ) -> dict[str, Any]:
     """Run the features benchmark for each size; write ``reports/bench_features.{md,json}`` (also into ``docs``) and return the report."""
-    out_dirs = [Path(catalog(cfg).reports)] + ([docs] if docs else [])
+    out_dirs = [catalog(cfg).reports] + ([docs] if docs else [])
     report: dict[str, Any] = {"benchmark": "features", "optimize": cfg.tables.optimize, "repeat": repeat, "results": []}
     md = ""
     for n in sizes:

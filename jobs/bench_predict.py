@@ -226,7 +226,7 @@ def bench_predict(ctx: Context, events: int | None, rows: int | None = None, rep
         "target": TARGET,
     }
     report |= provenance()
-    md = write_report("predict", report, render_markdown, [Path(catalog(ctx.cfg).reports)] + ([docs] if docs else []))
+    md = write_report("predict", report, render_markdown, [catalog(ctx.cfg).reports] + ([docs] if docs else []))
     log.info("bench predict results:\n%s", md)
     shutil.rmtree(work, ignore_errors=True)
     return report

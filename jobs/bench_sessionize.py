@@ -357,6 +357,6 @@ def bench_sessionize(
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(work / "duckdb_tmp", ignore_errors=True)
     report = {**provenance(cfg.spark), "benchmark": "sessionize", "cores": cores, "repeat": repeat, "results": results}
-    md = write_report("sessionize", report, render_markdown, [Path(cat.reports)] + ([docs] if docs else []))
+    md = write_report("sessionize", report, render_markdown, [cat.reports] + ([docs] if docs else []))
     log.info("bench sessionize results (%s):\n%s", Path(cat.reports) / "bench_sessionize.md", md)
     return report

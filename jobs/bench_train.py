@@ -72,7 +72,7 @@ def bench_train(ctx: Context, events: int | None, epochs: int = 3, ranks: tuple[
         pet = next(r["samples_per_s"] for r in rows if r["ranks"] == n and r["source"] == "petastorm")
         report["ratios"][str(n)] = pet / mem if mem else float("nan")
     report |= provenance()
-    md = write_report("train", report, render_markdown, [Path(catalog(cfg).reports)] + ([docs] if docs else []))
+    md = write_report("train", report, render_markdown, [catalog(cfg).reports] + ([docs] if docs else []))
     log.info("bench train:\n%s", md)
     return report
 

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable
 
 from pyspark.sql import SparkSession
 
+from training import storage
+
 
 class PeakRss:
     """Peak resident memory and CPU time of this process (with ``children``: plus its JVM and Python workers), sampled in a thread."""
@@ -212,11 +214,14 @@ def provenance_line(report: dict[str, Any], name: str) -> str:
 
 
 def write_report(name: str, report: dict[str, Any], render: Callable[[dict[str, Any]], str], out_dirs: Iterable[Path | str]) -> str:
-    """``bench_<name>.json`` and the Markdown rendered from it into each folder (the data root's reports, and ``--docs``); returns the Markdown."""
+    """``bench_<name>.json`` and the Markdown rendered from it into each folder (the catalog's reports, and ``--docs``); returns the Markdown.
+
+    A folder may be a local path or a URI given as a string (``s3://...``, :mod:`training.storage`); each file is written atomically.
+    """
     md = render(report)
     for out in out_dirs:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"bench_{name}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-        (out / f"bench_{name}.md").write_text(md)
+        folder = str(out)
+        storage.makedirs(folder)
+        storage.write_text(storage.join(folder, f"bench_{name}.json"), json.dumps(report, indent=1, default=str) + "\n")
+        storage.write_text(storage.join(folder, f"bench_{name}.md"), md)
     return md

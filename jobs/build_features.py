@@ -8,7 +8,7 @@ same content (same ``vocab_version``, so a re-run adds no version); re-read
 (:func:`features.sequences.build_examples`); write each split as its own
 unpartitioned table (``gold_<split>``, overwritten, ``repartition`` into at
 least ``train_ranks * row_groups_per_rank`` files, so every Petastorm shard
-gets row groups); write the schema artifact to ``<app.data_root>/gold/schema.json``
+gets row groups); write the schema artifact to ``<app.artifact_root>/gold/schema.json``
 and into each gold commit's metadata. When all three gold tables were last
 written from this silver version with this config, nothing is written
 (``--force`` recomputes anyway).
@@ -35,10 +35,8 @@ are logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import sys
 from typing import Any
 
@@ -67,6 +65,7 @@ from jobs.catalog import GOLD, SILVER_EVENTS, VOCAB, catalog
 from jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
 from jobs.config import Config, FeaturesConfig, to_dict
 from jobs.tables import TableError, TableIO
+from training import storage
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def build_parser():
 
 
 def schema_path(cfg: Config) -> str:
-    """Where the schema artifact is written: the catalog's ``<app.data_root>/gold/schema.json``."""
+    """Where the schema artifact is written: the catalog's ``<artifacts>/gold/schema.json`` (``app.artifact_root``, else ``app.data_root``)."""
     return catalog(cfg).schema_artifact
 
 
@@ -99,10 +98,9 @@ def _up_to_date(tables: TableIO, cfg: Config, lineage: dict[str, Any]) -> dict[s
         if not tables.exists(name) or (tables.history(name)[0].get("metadata") or {}).get("lineage") != lineage:
             return None
     path = schema_path(cfg)
-    if "://" in path or not os.path.isfile(path):
+    if not storage.isfile(path):
         return None
-    with open(path) as fh:
-        artifact = json.load(fh)
+    artifact = storage.read_json(path)
     # A kill between the last gold commit and this file leaves an older run's artifact: it must name these gold versions.
     if any((artifact.get("tables") or {}).get(split, {}).get("version") != tables.version(name) for split, name in GOLD.items()):
         log.warning("%s does not describe the current gold table versions (a run stopped before writing it): rebuilding", path)
@@ -294,15 +292,9 @@ def _write_gold(tables: TableIO, examples: DataFrame, cfg: Config, stats: dict[s
     return written
 
 
-def _write_schema(artifact: dict[str, Any], path: str) -> str | None:
-    if "://" in path:
-        log.warning("not writing the schema artifact to %s: only local paths are supported (it is in the gold commit metadata)", path)
-        return None
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(artifact, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)  # readers never see a half-written file
+def _write_schema(artifact: dict[str, Any], path: str) -> str:
+    """The schema artifact to ``path`` (a local path or a URI, :mod:`training.storage`), atomically: readers never see half of it."""
+    storage.write_json(path, artifact, indent=2, sort_keys=True, default=str)
     log.info("schema artifact written to %s", path)
     return path
 

@@ -1,6 +1,11 @@
 """The catalog: the one place that names every table and artifact of a data root.
 
-Everything shopseq writes lives under ``app.data_root`` unless config moves it:
+Everything shopseq writes lives under ``app.data_root`` unless config moves it.
+The artifacts the driver and the training ranks exchange live under the
+*artifact root*: ``app.artifact_root`` when set (a folder, or a URI such as
+``s3://bucket/prefix`` that every process can reach), else the data root.
+They are read and written through :mod:`training.storage` (local folders and
+object storage alike):
 
 =========================  ==============================================  ==============================
 what                       where (default)                                 moved by
@@ -9,20 +14,24 @@ tables (:data:`TABLES`)    ``<data_root>/tables/<name>``                   ``tab
                                                                            ``tables.catalog`` +
                                                                            ``tables.schema`` (Unity
                                                                            Catalog), ``tables.locations``
-gold schema artifact       ``<data_root>/gold/schema.json``
-checkpoints                ``<data_root>/checkpoints`` (absolute)          ``train.checkpoint_dir``
+gold schema artifact       ``<artifacts>/gold/schema.json``                ``app.artifact_root``
+checkpoints                ``<artifacts>/checkpoints`` (absolute)          ``train.checkpoint_dir``,
+                                                                           ``app.artifact_root``
 earlier training runs      ``<checkpoints>/runs/<run id>``
-MLflow store               ``file:<data_root>/mlruns`` (absolute;          ``train.mlflow_tracking_uri``
-                           ``databricks`` on Databricks)
-evaluation reports         ``<data_root>/reports/<evaluation id>``         ``evaluate.report_dir``
-                           (absolute)
-session plot               ``<data_root>/reports/sessions.png``
-benchmark reports          ``<data_root>/reports/bench_<name>.{json,md}``
+MLflow store               ``file:<artifacts>/mlruns`` (absolute;          ``train.mlflow_tracking_uri``
+                           ``databricks`` on Databricks; under the data
+                           root when the artifact root is object storage)
+evaluation reports         ``<artifacts>/reports/<evaluation id>``         ``evaluate.report_dir``,
+                           (absolute)                                      ``app.artifact_root``
+session plot               ``<artifacts>/reports/sessions.png``            ``app.artifact_root``
+benchmark reports          ``<artifacts>/reports/bench_<name>.{json,md}``  ``app.artifact_root``
 generated landing folder   ``<data_root>/raw/generated`` (``events/``,     ``shopseq generate --output``,
                            ``users/``, ``_shopseq_generate.json``)         ``source.path`` (ingest)
 benchmark work folders     ``<data_root>/bench/<name>/...``
 =========================  ==============================================  ==============================
 
+``<artifacts>`` is :attr:`Catalog.artifacts`. A local artifact path keeps the
+form it was given (relative stays relative) except where the table says absolute.
 Tables are resolved by :func:`jobs.tables.table_ref` (a path, or a
 ``catalog.schema.name`` in Unity Catalog); the catalog delegates to it.
 Jobs ask a :class:`Catalog` (``catalog(cfg)``) for a location instead of
@@ -36,6 +45,7 @@ from dataclasses import dataclass, field
 
 from jobs.config import Config, TablesConfig
 from jobs.tables import TableRef, table_ref
+from training import storage
 
 # --------------------------------------------------------------------------- tables, in pipeline order
 
@@ -66,12 +76,13 @@ class Catalog:
     """Every location of one data root, with the config keys that move some of them.
 
     ``Catalog("shopseq-data")`` gives the defaults; :func:`catalog` builds one
-    from a :class:`~jobs.config.Config` (``tables.*``, ``train.checkpoint_dir``,
-    ``train.mlflow_tracking_uri``, ``evaluate.report_dir``).
+    from a :class:`~jobs.config.Config` (``app.artifact_root``, ``tables.*``,
+    ``train.checkpoint_dir``, ``train.mlflow_tracking_uri``, ``evaluate.report_dir``).
     """
 
     data_root: str
     tables: TablesConfig = field(default_factory=TablesConfig)
+    artifact_root: str | None = None  # app.artifact_root
     checkpoint_dir: str | None = None  # train.checkpoint_dir
     mlflow_tracking_uri: str | None = None  # train.mlflow_tracking_uri
     report_dir: str | None = None  # evaluate.report_dir
@@ -85,6 +96,15 @@ class Catalog:
     def _under(self, *parts: str) -> str:
         return os.path.join(self.data_root, *parts)
 
+    # ------------------------------------------------------------------ the artifact root
+    @property
+    def artifacts(self) -> str:
+        """``app.artifact_root``, else the data root: where the schema artifact, checkpoints and reports live."""
+        return self.artifact_root or self.data_root
+
+    def _artifact(self, *parts: str) -> str:
+        return storage.join(self.artifacts, *parts)
+
     # ------------------------------------------------------------------ tables
     def table(self, name: str) -> TableRef:
         """Where table ``name`` lives (:func:`jobs.tables.table_ref`: a path or a Unity Catalog name)."""
@@ -93,32 +113,38 @@ class Catalog:
     # ------------------------------------------------------------------ features
     @property
     def schema_artifact(self) -> str:
-        """The gold schema artifact written by ``shopseq features``: ``<data_root>/gold/schema.json``."""
-        return self._under("gold", "schema.json")
+        """The gold schema artifact written by ``shopseq features``: ``<artifacts>/gold/schema.json``."""
+        return storage.join(self.gold_dir, "schema.json")
 
     @property
     def gold_dir(self) -> str:
-        """The folder of the schema artifact: ``<data_root>/gold``."""
-        return os.path.dirname(self.schema_artifact)
+        """The folder of the schema artifact: ``<artifacts>/gold``."""
+        return self._artifact("gold")
 
     # ------------------------------------------------------------------ training
     @property
     def checkpoints(self) -> str:
-        """``train.checkpoint_dir``, else ``<data_root>/checkpoints``; absolute."""
-        return os.path.abspath(self.checkpoint_dir or self._under("checkpoints"))
+        """``train.checkpoint_dir``, else ``<artifacts>/checkpoints``; absolute when local."""
+        return storage.absolute(self.checkpoint_dir or self._artifact("checkpoints"))
 
     def checkpoint(self, name: str) -> str:
         """``<checkpoints>/<name>.pt`` for ``best``, ``last`` or ``epoch-NNNN``."""
-        return os.path.join(self.checkpoints, f"{name}.pt")
+        return storage.join(self.checkpoints, f"{name}.pt")
 
     def earlier_run(self, run_key: str) -> str:
         """Where an earlier training run's checkpoints are kept: ``<checkpoints>/runs/<run key>``."""
-        return os.path.join(self.checkpoints, "runs", run_key)
+        return storage.join(self.checkpoints, "runs", run_key)
 
     @property
     def mlruns(self) -> str:
-        """The local MLflow file store: ``<data_root>/mlruns``, absolute."""
-        return os.path.abspath(self._under("mlruns"))
+        """The MLflow file store used without a tracking server: ``<artifacts>/mlruns``, absolute.
+
+        MLflow's file store needs a file system: when the artifact root is
+        object storage it is ``<data_root>/mlruns`` instead (set
+        ``train.mlflow_tracking_uri`` to a tracking server to share runs).
+        """
+        root = self.artifacts if storage.is_local(self.artifacts) else self.data_root
+        return storage.absolute(storage.join(root, "mlruns"))
 
     @property
     def mlflow_uri(self) -> str:
@@ -127,22 +153,22 @@ class Catalog:
             return self.mlflow_tracking_uri
         if "DATABRICKS_RUNTIME_VERSION" in os.environ:
             return "databricks"
-        return "file:" + self.mlruns
+        return self.mlruns if storage.is_uri(self.mlruns) else "file:" + self.mlruns
 
     # ------------------------------------------------------------------ reports
     @property
     def reports(self) -> str:
-        """``<data_root>/reports``: benchmark reports and the session plot."""
-        return self._under("reports")
+        """``<artifacts>/reports``: evaluation and benchmark reports and the session plot."""
+        return self._artifact("reports")
 
     def report(self, evaluation_id: str) -> str:
-        """An evaluation's report folder: ``evaluate.report_dir``, else ``<reports>/<evaluation id>``; absolute."""
-        return os.path.abspath(self.report_dir or os.path.join(self.reports, evaluation_id))
+        """An evaluation's report folder: ``evaluate.report_dir``, else ``<reports>/<evaluation id>``; absolute when local."""
+        return storage.absolute(self.report_dir or storage.join(self.reports, evaluation_id))
 
     @property
     def sessions_plot(self) -> str:
         """``<reports>/sessions.png`` (``shopseq sessionize``)."""
-        return os.path.join(self.reports, "sessions.png")
+        return storage.join(self.reports, "sessions.png")
 
     # ------------------------------------------------------------------ landing
     @property
@@ -175,10 +201,11 @@ class Catalog:
 
 
 def catalog(cfg: Config) -> Catalog:
-    """The :class:`Catalog` of a config: its data root and the keys that move tables, checkpoints, MLflow and reports."""
+    """The :class:`Catalog` of a config: its data and artifact roots and the keys that move tables, checkpoints, MLflow and reports."""
     return Catalog(
         data_root=cfg.app.data_root,
         tables=cfg.tables,
+        artifact_root=cfg.app.artifact_root,
         checkpoint_dir=cfg.train.checkpoint_dir,
         mlflow_tracking_uri=cfg.train.mlflow_tracking_uri,
         report_dir=cfg.evaluate.report_dir,

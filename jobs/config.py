@@ -64,6 +64,16 @@ from features.params import (  # noqa: F401
 )
 
 ENVIRONMENTS = ("local", "cluster", "databricks")
+
+
+def _artifact_location(value: str) -> bool:
+    """A non-empty local path, or a URI whose fsspec filesystem is installed (:func:`training.storage.check_location`)."""
+    from training.storage import check_location
+
+    return bool(value.strip()) and check_location(value) is None
+
+
+ARTIFACT_LOCATION = Check("a non-empty path, or a URI whose fsspec filesystem is installed (s3:// needs s3fs, gs:// gcsfs, abfs:// adlfs)", _artifact_location)
 LOSS_TASKS = ("next_item", "next_action", "purchase", "churn")
 
 
@@ -77,7 +87,10 @@ class AppConfig(Validated):
     SECTION: ClassVar[str] = "app"
 
     data_root: str = setting(
-        "shopseq-data", "root for path-addressed tables (`<root>/tables/<name>`), raw landing files (`<root>/raw`) and run outputs (`<root>/reports`, checkpoints, MLflow runs)", NON_EMPTY)
+        "shopseq-data", "root for path-addressed tables (`<root>/tables/<name>`), raw landing files (`<root>/raw`), benchmark work folders and, unless `app.artifact_root` is set, the artifacts (schema artifact, checkpoints, reports, MLflow runs)", NON_EMPTY)
+    artifact_root: str | None = setting(
+        None, "folder or URI (`s3://bucket/prefix`, `gs://`, `abfs://`, `file://`) of the artifacts the driver and the training ranks exchange: the gold schema artifact (`<root>/gold/schema.json`), checkpoints (`<root>/checkpoints`), reports (`<root>/reports`) and the default MLflow file store (`<root>/mlruns`, local roots only); null = `app.data_root`. On a cluster: a URI every node reaches (credentials from the standard environment, e.g. `AWS_*`: docs/operations.md)",
+        ARTIFACT_LOCATION)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = setting(
         "INFO", "log level of the `shopseq`, `jobs`, `features` and `training` loggers (rank 0's progress lines too)")
 
@@ -167,8 +180,8 @@ class TrainConfig(Validated):
     repeat_lr_scale: float = setting(10.0, "the repeat part's learning rate relative to `lr`", at_least(0))
     embedding_init_std: float | None = setting(0.02, "embedding tables start N(0, std); null: PyTorch's N(0, 1)", above(0))
     next_item_positions: Literal["all", "last"] = setting("all", "`all`: every window position learns its next item; `last`: only the row's last")
-    launcher: Literal["spark", "horovodrun", "local"] = setting(
-        "spark", "`spark` (`horovod.spark.run`), `horovodrun` or `local` (one process, no Horovod) (`--launcher`)")
+    launcher: Literal["spark", "torch_distributor", "horovodrun", "local"] = setting(
+        "spark", "`spark` (`horovod.spark.run`), `torch_distributor` (pyspark's `TorchDistributor`: `torch.distributed` ranks on executors, gloo on CPU, NCCL on GPU; Databricks Runtime 16+ ML), `horovodrun` or `local` (one process, no Horovod) (`--launcher`)")
     num_proc: int = setting(2, "ranks (`--num-proc`); `features.train_ranks: null` (the default) follows it, so gold has files for each rank", at_least(1))
     amp: bool = setting(False, "mixed precision (fp16 + GradScaler on CUDA, bf16 autocast on CPU)")
     patience: int = setting(3, "early stopping: epochs without a validation NDCG@10 gain", at_least(1))
@@ -179,8 +192,12 @@ class TrainConfig(Validated):
     max_steps_per_epoch: int | None = setting(None, "quick mode: cap on the steps of an epoch; null = every batch", at_least(1))
     rank_timeout_s: int = setting(
         120, "seconds a rank waits for an unresponsive peer (gloo's timeout) before the job stops; a rank whose process dies is noticed at once", at_least(1))
-    checkpoint_dir: str | None = setting(None, "null = `<app.data_root>/checkpoints`", NON_EMPTY)
-    mlflow_tracking_uri: str | None = setting(None, "null = `file:<app.data_root>/mlruns` (`databricks` on Databricks)", NON_EMPTY)
+    nics: list[str] | None = setting(
+        None, "`spark` launcher: the network interfaces Horovod's ranks talk over (e.g. `[eth0]`); null: Horovod probes every interface the tasks share", each(NON_EMPTY, non_empty=True))
+    start_timeout_s: int = setting(300, "`spark` launcher: seconds Horovod waits for its Spark tasks to start and register before the job fails", at_least(1))
+    checkpoint_dir: str | None = setting(None, "folder or URI of the checkpoints; null = `<app.artifact_root>/checkpoints` (default `<app.data_root>/checkpoints`)", NON_EMPTY)
+    mlflow_tracking_uri: str | None = setting(
+        None, "a tracking server (`http://host:5000`), `databricks` or `file:/path`; null = `file:<app.artifact_root>/mlruns` (`<app.data_root>/mlruns` when the artifact root is object storage; `databricks` on Databricks). Ranks on executors log to it too: on a cluster, use a server", NON_EMPTY)
     experiment: str = setting("shopseq", "MLflow experiment name", NON_EMPTY)
 
     def __post_init__(self) -> None:
@@ -205,7 +222,7 @@ class EvaluateConfig(Validated):
     checkpoint: str = setting(
         "best", "`best` or `last` (in `train.checkpoint_dir`), or a path to a `.pt` checkpoint: a relative path is looked up in the checkpoint folder first, then the working directory (`--checkpoint`)", NON_EMPTY)
     report_dir: str | None = setting(
-        None, "folder of `report.md`, `metrics.json` and the PNG plots; null: `<app.data_root>/reports/<evaluation id>` (a set folder is reused by every evaluation)", NON_EMPTY)
+        None, "folder or URI of `report.md`, `metrics.json` and the PNG plots; null: `<app.artifact_root>/reports/<evaluation id>` (a set folder is reused by every evaluation)", NON_EMPTY)
     batch_size: int = setting(1024, "rows scored at a time: the forward pass and the full-catalogue ranking (a batch holds `batch_size` x items scores)", at_least(1))
     bootstrap_samples: int = setting(
         1000, "resamples of the users (with replacement, all of a user's rows together) behind the percentile interval of every metric and the paired interval of model minus each baseline; the summary says `beats` only when that interval lies above zero for every baseline. 0: no intervals, the point values decide", at_least(0))

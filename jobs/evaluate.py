@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -45,6 +44,7 @@ from jobs.config import Config
 from jobs.report import write_report
 from jobs.tables import TableError, TableIO
 from jobs.train import load_schema, open_checkpoint
+from training import storage
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def evaluation_id(model: str, gold_table: str, gold_version: int, gold_train_ver
 
 
 def report_dir(cfg: Config, eval_id: str) -> str:
-    """The catalog's report folder: ``evaluate.report_dir``, else ``<app.data_root>/reports/<evaluation id>``."""
+    """The catalog's report folder: ``evaluate.report_dir``, else ``<artifacts>/reports/<evaluation id>`` (a local path or a URI)."""
     return catalog(cfg).report(eval_id)
 
 
@@ -187,14 +187,14 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
     evaluated_at = datetime.now(timezone.utc).replace(microsecond=0)
     written, table_version = _write_metrics(tables, lineage, metrics, evaluated_at)
     out_dir = report_dir(cfg, eval_id)
-    report_path = os.path.join(out_dir, "report.md")
+    report_path = storage.join(out_dir, "report.md")
     summary = {
         **lineage, "evaluated_at": evaluated_at.isoformat(), "metrics": metrics, "comparison": comparison, "n_examples": n_examples,
         "oov_share": oov_share, "bootstrap": evaluation.bootstrap, "method_seconds": evaluation.method_seconds, "metrics_table_version": table_version,
     }  # fmt: skip
     if written or not _report_current(out_dir, eval_id):
         report_path = write_report(out_dir, summary, evaluation, ec.ks, ec.calibration_bins)
-        save_next_item_ranks(os.path.join(out_dir, RANKS_FILE), data, evaluation)
+        save_next_item_ranks(storage.join(out_dir, RANKS_FILE), data, evaluation)
     if written:
         _track(state, lineage, metrics, out_dir)
     _log_comparison(comparison, split)
@@ -215,9 +215,8 @@ def save_next_item_ranks(path: str, data: dict[str, Any], evaluation: Any) -> No
     arrays: dict[str, Any] = {"user_key": data["user_key"][kept].numpy(), "target": data["next_item_idx"][kept].numpy()}
     for method, ranks in evaluation.next_item_ranks.items():
         arrays.update({f"{method}.above": ranks.above.numpy(), f"{method}.tied": ranks.tied.numpy(), f"{method}.in_vocab": ranks.in_vocab.numpy()})
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    with storage.atomic_write(path) as fh:  # a reader never sees half a file (a local path or a URI)
+        np.savez_compressed(fh, **arrays)
 
 
 def _write_metrics(tables: TableIO, lineage: dict[str, Any], metrics: list[dict[str, Any]], evaluated_at: datetime) -> tuple[bool, int]:
@@ -270,11 +269,11 @@ def _already_recorded(tables: TableIO, lineage: dict[str, Any], metrics: list[di
 
 
 def _report_current(out_dir: str, eval_id: str) -> bool:
-    path = os.path.join(out_dir, "metrics.json")
-    if not os.path.isfile(os.path.join(out_dir, "report.md")) or not os.path.isfile(path):
+    """Whether ``out_dir`` already holds this evaluation's ``report.md`` and ``metrics.json``."""
+    path = storage.join(out_dir, "metrics.json")
+    if not storage.isfile(storage.join(out_dir, "report.md")) or not storage.isfile(path):
         return False
-    with open(path) as fh:
-        return json.load(fh).get("evaluation_id") == eval_id
+    return storage.read_json(path).get("evaluation_id") == eval_id
 
 
 def _track(state: dict[str, Any], lineage: dict[str, Any], metrics: list[dict[str, Any]], out_dir: str) -> None:
@@ -299,7 +298,8 @@ def _track(state: dict[str, Any], lineage: dict[str, Any], metrics: list[dict[st
         client = MlflowClient(tracking_uri=uri)
         client.log_batch(run_id, metrics=batch)
         client.set_tag(run_id, f"evaluation_{split}", lineage["evaluation_id"])
-        client.log_artifacts(run_id, out_dir, artifact_path=f"evaluation/{lineage['evaluation_id']}")
+        with storage.local_folder(out_dir) as local_dir:  # MLflow uploads from a local folder
+            client.log_artifacts(run_id, local_dir, artifact_path=f"evaluation/{lineage['evaluation_id']}")
     except Exception as exc:  # noqa: BLE001 - tracking must never fail the evaluation
         log.warning("MLflow logging of the evaluation failed: %s", exc)
 

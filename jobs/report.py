@@ -7,7 +7,8 @@ the model and each baseline), ``roc_<task>.png`` and
 ``calibration_<task>.png`` for purchase and churn (the model against logistic
 regression and LightGBM on the profiles and the window summary). Every file
 is written to a temporary name and renamed, so a reader never sees half a
-report. Values are shown as ``value [low, high]`` when an interval exists.
+report (:mod:`training.storage`: the folder may be a URI such as ``s3://...``).
+Values are shown as ``value [low, high]`` when an interval exists.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from training import storage
 from training.evaluation import ACTION_METRICS, BINARY_METRICS, OOV_METRIC, PRIMARY_METRICS, RANKING_METRICS, Evaluation, MetricRow
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,16 @@ def report_files(ks: Sequence[int]) -> list[str]:
 
 
 def write_report(report_dir: str, summary: dict[str, Any], evaluation: Evaluation, ks: Sequence[int], bins: int) -> str:
-    """Write the report folder; returns the path of ``report.md``."""
-    os.makedirs(report_dir, exist_ok=True)
-    _save_json(os.path.join(report_dir, "metrics.json"), summary)
-    _plot_model_vs_baselines(os.path.join(report_dir, "model_vs_baselines.png"), evaluation.rows, ks)
-    _plot_metric_at_k(os.path.join(report_dir, "metric_at_k.png"), evaluation.rows, ks)
+    """Write the report folder (a local path or a URI, :mod:`training.storage`); returns the path of ``report.md``."""
+    storage.makedirs(report_dir)
+    _save_json(storage.join(report_dir, "metrics.json"), summary)
+    _plot_model_vs_baselines(storage.join(report_dir, "model_vs_baselines.png"), evaluation.rows, ks)
+    _plot_metric_at_k(storage.join(report_dir, "metric_at_k.png"), evaluation.rows, ks)
     for task in BINARY_TASKS:
         series = evaluation.binary.get(task, {})
-        _plot_roc(os.path.join(report_dir, f"roc_{task}.png"), task, series)
-        _plot_calibration(os.path.join(report_dir, f"calibration_{task}.png"), task, series, bins)
-    path = os.path.join(report_dir, "report.md")
+        _plot_roc(storage.join(report_dir, f"roc_{task}.png"), task, series)
+        _plot_calibration(storage.join(report_dir, f"calibration_{task}.png"), task, series, bins)
+    path = storage.join(report_dir, "report.md")
     _save_text(path, markdown(summary, evaluation.rows, ks))
     log.info("evaluation report written to %s", report_dir)
     return path
@@ -183,10 +184,9 @@ def _figure(ncols: int = 1, width: float = 5.0):
 
 
 def _save_figure(fig: Any, path: str) -> None:
-    tmp = f"{path}.tmp.png"
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
-    os.replace(tmp, path)
+    with storage.atomic_write(path) as fh:
+        fig.savefig(fh, dpi=100, format="png", metadata={"Software": None})
 
 
 def _plot_model_vs_baselines(path: str, rows: Sequence[MetricRow], ks: Sequence[int]) -> None:
@@ -270,10 +270,7 @@ def _plot_calibration(path: str, task: str, series: dict[str, tuple[np.ndarray, 
 
 
 def _save_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    storage.write_text(path, text)
 
 
 def _save_json(path: str, data: Any) -> None:

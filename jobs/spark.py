@@ -8,8 +8,9 @@ configured shuffle partitions, the runtime ``spark.sql.*`` entries of
 Lake's SQL extension and catalog, and in local mode (``spark.master`` set)
 the JVM-level settings that only apply when a session starts: the Delta JARs
 ``make setup`` fetched into :func:`delta_jars_dir`, driver memory, UI off,
-quiet logs, and Python workers on the running interpreter unless
-``PYSPARK_PYTHON`` or ``spark.pyspark.python`` names one (:func:`python_env`).
+quiet logs (no Java stack trace of a failed task: :func:`quiet_task_failures`),
+and Python workers on the running interpreter unless ``PYSPARK_PYTHON`` or
+``spark.pyspark.python`` names one (:func:`python_env`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -45,6 +47,10 @@ DELTA_CONF: dict[str, str] = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 DELTA_SCALA = "2.12"  # pyspark 3.5's Scala
+# Spark's loggers of a failed task: each prints the task's Java stack trace to stderr (Executor at ERROR,
+# TaskSetManager at WARN and ERROR) before the job fails. Quieted by quiet_task_failures (see there).
+TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager")
+QUIET_LOG_LEVELS = ("WARN", "ERROR", "FATAL", "OFF")
 
 
 def delta_version() -> str:
@@ -130,6 +136,33 @@ def python_env(master: str | None, conf: Mapping[str, str], environ: Mapping[str
     return {k: v for k, v in out.items() if environ.get(k) != v}
 
 
+def quiets_task_failures(master: str | None, log_level: str) -> bool:
+    """Whether a session built with ``master`` and ``spark.log_level`` gets :func:`quiet_task_failures`.
+
+    Only in local mode without task retries (``local``, ``local[n]``,
+    ``local[*]``: one attempt per task), where a failed task always fails its
+    job, and only when Spark's log level is WARN or quieter.
+    """
+    return bool(master) and re.fullmatch(r"local(\[(\d+|\*)\])?", master) is not None and log_level.upper() in QUIET_LOG_LEVELS
+
+
+def quiet_task_failures(spark: SparkSession) -> None:
+    """Set Spark's task-failure loggers (:data:`TASK_FAILURE_LOGGERS`) to FATAL, so a failed task prints no Java stack trace.
+
+    What the user would otherwise see twice is left once: in local mode
+    without retries a failed task fails its job, and the job's exception (its
+    message holds the task's error and Java stack trace) reaches the stage,
+    which says it in one line: a known input error (a truncated ``.gz``) as
+    that line, exit 2; anything unexpected as one line, exit 1, with the whole
+    traceback, Java's included, logged at DEBUG (``app.log_level=DEBUG``).
+    Spark's other loggers keep ``spark.log_level``.
+    """
+    jvm = spark.sparkContext._jvm  # noqa: SLF001 - log4j 2's Configurator, through py4j
+    fatal = jvm.org.apache.logging.log4j.Level.FATAL
+    for name in TASK_FAILURE_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, fatal)
+
+
 def get_spark(cfg: SparkConfig) -> SparkSession:
     """Return the active session with the runtime SQL settings of ``cfg`` applied, or build one from ``cfg``.
 
@@ -156,5 +189,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     spark = builder.getOrCreate()
     apply_sql_settings(spark, cfg)
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if quiets_task_failures(cfg.master, cfg.log_level):
+        quiet_task_failures(spark)
     log.info("Spark %s session started (master=%s)", spark.version, spark.sparkContext.master)
     return spark

@@ -1,6 +1,6 @@
-"""`shopseq train`: gold tables -> the multi-task sequence model, distributed with Horovod.
+"""`shopseq train`: gold tables -> the multi-task sequence model, distributed with Horovod or TorchDistributor.
 
-Recipe: read the gold schema artifact (``<app.data_root>/gold/schema.json``);
+Recipe: read the gold schema artifact (``<artifacts>/gold/schema.json``: ``app.artifact_root``, else ``app.data_root``);
 decide what to do with the checkpoint already there (:func:`train_status`);
 resolve the current files of ``gold_train`` and ``gold_val`` on the driver
 (training never touches Spark); open an MLflow run (local file store by
@@ -45,15 +45,16 @@ from jobs.catalog import GOLD_TRAIN, GOLD_VAL, VOCAB, catalog
 from jobs.common import Context, InputError, run_stage, stage_parser
 from jobs.config import Config, TrainConfig, to_dict
 from jobs.tables import TableIO
-from training.launch import launch
+from training import storage
+from training.launch import LAUNCHERS, launch
 from training.loop import TrainParams, train_fn
 
 log = logging.getLogger(__name__)
 
 
 def build_parser():
-    parser = stage_parser("train", "Train the multi-task sequence model on the gold tables (Petastorm -> Horovod -> PyTorch).")
-    parser.add_argument("--launcher", choices=["spark", "horovodrun", "local"], default=None, help="how ranks are started (default: train.launcher)")
+    parser = stage_parser("train", "Train the multi-task sequence model on the gold tables (Petastorm -> Horovod or TorchDistributor -> PyTorch).")
+    parser.add_argument("--launcher", choices=list(LAUNCHERS), default=None, help="how ranks are started (default: train.launcher)")
     parser.add_argument("--num-proc", type=int, default=None, help="number of ranks (default: train.num_proc)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs to train (default: train.epochs)")
     parser.add_argument("--fresh", action="store_true", help="start a new run even when the checkpoint is current (the old one is kept under <checkpoints>/runs/)")
@@ -65,7 +66,7 @@ _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def checkpoint_dir(cfg: Config) -> str:
-    """The catalog's checkpoint folder: ``train.checkpoint_dir``, else ``<app.data_root>/checkpoints``."""
+    """The catalog's checkpoint folder: ``train.checkpoint_dir``, else ``<artifacts>/checkpoints`` (a local path or a URI)."""
     return catalog(cfg).checkpoints
 
 
@@ -98,11 +99,11 @@ def train_params(cfg: Config, **run: Any) -> TrainParams:
 
 
 def load_schema(cfg: Config) -> dict[str, Any]:
+    """The gold schema artifact (a local path or a URI, :mod:`training.storage`); InputError when there is none."""
     path = schema_path(cfg)
-    if not os.path.exists(path):
+    if not storage.isfile(path):
         raise InputError(f"no gold schema artifact at {path}: run `shopseq features` first")
-    with open(path) as fh:
-        return json.load(fh)
+    return storage.read_json(path)
 
 
 def item_counts(tables: TableIO, size: int) -> list[int]:
@@ -165,14 +166,12 @@ def checkpoint_verdict(state: dict[str, Any], current: dict[str, Any], model: di
 
 def train_status(tables: TableIO, cfg: Config, epochs: int | None = None, schema: dict[str, Any] | None = None) -> TrainStatus:
     """The verdict on ``<checkpoints>/last.pt`` (:func:`checkpoint_verdict`) for config ``train`` (``epochs`` overrides ``train.epochs``)."""
-    import torch
-
     path = catalog(cfg).checkpoint("last")
     schema = schema if schema is not None else load_schema(cfg)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         return TrainStatus("fresh", "no checkpoint", path, {})
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        loaded = storage.load_torch(path)
     except Exception as exc:  # noqa: BLE001 - an unreadable last.pt cannot be resumed; it is kept, not deleted
         return TrainStatus("fresh", f"unreadable checkpoint ({type(exc).__name__})", path, {})
     keep = ("epoch", "bad_epochs", "history", "params", "lineage", "model_config")
@@ -198,19 +197,15 @@ def keep_earlier_run(cfg: Config, state: dict[str, Any]) -> str | None:
     """
     cat = catalog(cfg)
     folder = cat.checkpoints
-    if not os.path.isdir(folder):
-        return None
-    names = sorted(n for n in os.listdir(folder) if (n.endswith(".pt") or n == "history.json") and os.path.isfile(os.path.join(folder, n)))
+    names = [n for n in storage.listdir(folder) if n.endswith(".pt") or n == "history.json"]
     if not names:
         return None
     base = cat.earlier_run(run_key(state))
     dest, n = base, 1
-    while os.path.exists(dest):
+    while storage.exists(dest):
         n += 1
         dest = f"{base}-{n}"
-    os.makedirs(dest)
-    for name in names:
-        os.replace(os.path.join(folder, name), os.path.join(dest, name))
+    storage.move_files(folder, names, dest)  # local: renames; object storage: copy + delete per object
     return dest
 
 
@@ -281,8 +276,8 @@ def run_train(tables: TableIO, cfg: Config, launcher: str | None = None, num_pro
                     "use a longer data range, shorter horizons (features.*_horizon_days) or other split fractions"
                 )
         log.info("training on %d rank(s) via %s: %d train files, %d val files, checkpoints in %s", ranks, how, len(params.train_files), len(params.val_files), ckpt)
-        results = launch(train_fn, params, how, ranks, rank_timeout_s=tc.rank_timeout_s)
-        result = results[0]
+        # Rank 0's result comes first (TorchDistributor returns only that one).
+        result = launch(train_fn, params, how, ranks, start_timeout=tc.start_timeout_s, rank_timeout_s=tc.rank_timeout_s, nics=tc.nics)[0]
         mlflow.log_dict(schema, "gold_schema.json")
         mlflow.set_tags({"checkpoint_dir": ckpt, "ranks": str(result["size"]), "launcher": how})
     history = result["history"]
@@ -316,12 +311,12 @@ def resolve_checkpoint(cfg: Config, choice: str, section: str) -> str:
     cat = catalog(cfg)
     if choice in ("best", "last"):
         path = cat.checkpoint(choice)
-    elif os.path.isabs(choice):
+    elif storage.is_uri(choice) or os.path.isabs(choice):
         path = choice
     else:
-        inside = os.path.join(cat.checkpoints, choice)
-        path = inside if os.path.exists(inside) else os.path.abspath(choice)
-    if not os.path.isfile(path):
+        inside = storage.join(cat.checkpoints, choice)
+        path = inside if storage.isfile(inside) else os.path.abspath(choice)
+    if not storage.isfile(path):
         raise InputError(f"no checkpoint at {path}: run `shopseq train` first (or set {section}.checkpoint)")
     return path
 
@@ -330,8 +325,7 @@ def read_checkpoint(path: str) -> Checkpoint:
     """Read the checkpoint once on the driver (no model is built here)."""
     import torch
 
-    with open(path, "rb") as fh:
-        data = fh.read()
+    data = storage.read_bytes(path)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not a checkpoint

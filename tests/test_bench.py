@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -104,3 +105,50 @@ def test_bench_render_rewrites_a_page_from_its_json(tmp_path):
     assert "Spark local[2], 64 shuffle partitions, driver memory 4g." in page
     assert "| 1,000 | duckdb | 1.0 | 500 | 1.00x | 1.0 | 1,000 | 1.00x | 1.00 | True |" in page
     assert "| 1,000 | spark | 2.0 | 250 | 0.50x | 4.0 | 250 | 0.25x | 2.00 (JVM 1.00) | True |" in page
+
+
+@pytest.mark.e2e  # a warm-up ingest and two small pipelines (ingest, sessionize, features): 132 s on 2 cores (load 9 falling to 1)
+def test_bench_bot_flags_the_bot_leaves_it_out_of_gold_and_keeps_everyone_else_s_rows(spark, tmp_path):
+    """`shopseq bench bot` at a small size: 5,000 events of one user in a day over a cap of 1,000 and 30 ordinary users.
+    The outcome is exact (every bot event flagged, none in gold, every other gold row as in the run without the bot);
+    the figures are only checked to be there, never timed."""
+    from pyspark.sql import functions as F
+
+    from jobs.bench import main
+    from jobs.bench_bot import BOT_USER, STAGES, background_lines
+    from jobs.config import load_config
+    from jobs.tables import TableIO
+
+    argv = ["bot", "--events", "5000", "--users", "30", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}",
+            "--set", "sessionize.max_events_per_user_day=1000", "--set", "tables.optimize=false", "--set", "spark.shuffle_partitions=2",
+            "--set", "features.train_ranks=1", "--set", "features.row_groups_per_rank=2"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "reports" / "bench_bot.json").read_text())
+    [r] = report["results"]
+    background = len(background_lines(30))
+    ref, bot = r["reference"]["outcome"], r["bot"]["outcome"]
+    assert (r["bot_events"], r["max_events_per_user_day"], r["inputs"]["background_lines"]) == (5000, 1000, background)
+    assert (ref["input_lines"], ref["accepted"], ref["quarantined"], ref["duplicates"]) == (background, background, 0, 0)
+    assert (bot["input_lines"], bot["accepted"], bot["quarantined"], bot["duplicates"]) == (background + 5000, background + 5000, 0, 0)
+    assert (ref["bot_suspect_events"], ref["bot_suspect_sessions"], ref["bot_user_silver_events"]) == (0, 0, 0)
+    assert (bot["bot_suspect_events"], bot["bot_user_silver_events"], bot["bot_user_flagged_events"], bot["bot_user_gold_rows"]) == (5000, 5000, 5000, 0)
+    assert bot["bot_suspect_sessions"] == 1 and bot["gold_examples"] == ref["gold_examples"] and sum(ref["gold_examples"].values()) > 0
+    assert r["gold_differences"] == {"train": [0, 0], "val": [0, 0], "test": [0, 0]}
+
+    # Checked here too, from the tables: only the bot's events are flagged; gold holds no row of it and every other row as without it.
+    cfg = load_config("local", REPO / "conf", [f"app.data_root={tmp_path}"])
+    runs = {name: TableIO(spark, dataclasses.replace(cfg, app=dataclasses.replace(cfg.app, data_root=r[name]["root"]))) for name in ("reference", "bot")}
+    flagged = runs["bot"].read("silver_events").where("is_bot_suspect").groupBy("user_id").count().collect()
+    assert [tuple(x) for x in flagged] == [(BOT_USER, 5000)]
+    for split in ("train", "val", "test"):
+        rows = {name: sorted(tuple(x) for x in t.read(f"gold_{split}").collect()) for name, t in runs.items()}
+        assert rows["bot"] == rows["reference"], split
+    assert runs["bot"].read("gold_train").where(F.col("user_key") == F.xxhash64(F.lit(BOT_USER))).count() == 0
+
+    for name in ("reference", "bot"):  # every stage measured: time, memory of the process tree and the JVM heap
+        for stage in STAGES:
+            t = r[name]["stages"][stage]
+            assert t["seconds"] > 0 and t["peak_rss_bytes"] > t["peak_jvm_rss_bytes"] > 0 and 0 < t["peak_heap_bytes"] <= t["max_heap_bytes"], (name, stage)
+    assert set(r["ratios"]) == {*STAGES, "pipeline"}
+    md = (tmp_path / "reports" / "bench_bot.md").read_text()
+    assert "- features: the bot user's gold rows: 0;" in md and f"| ingest | bot | {background + 5000:,} |" in md

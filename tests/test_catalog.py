@@ -130,6 +130,17 @@ def test_config_keys_move_what_they_name(tmp_path, monkeypatch):
     # What the keys do not move stays under the data root.
     assert (moved.schema_artifact, moved.landing, moved.reports) == (f"{root}/gold/schema.json", f"{root}/raw/generated", f"{root}/reports")
 
+    # What app.artifact_root moves: the schema artifact, checkpoints (and earlier runs), reports and the local MLflow store; tables stay.
+    art = catalog(load_config("local", REPO / "conf", [f"app.data_root={root}", f"app.artifact_root={tmp_path}/art"]))
+    assert art.artifacts == f"{tmp_path}/art" and art.location == str(root)
+    assert (art.schema_artifact, art.gold_dir) == (f"{tmp_path}/art/gold/schema.json", f"{tmp_path}/art/gold")
+    assert (art.checkpoints, art.checkpoint("best"), art.earlier_run("r1")) == (
+        f"{tmp_path}/art/checkpoints", f"{tmp_path}/art/checkpoints/best.pt", f"{tmp_path}/art/checkpoints/runs/r1",
+    )  # fmt: skip
+    assert (art.reports, art.report("e1"), art.sessions_plot) == (f"{tmp_path}/art/reports", f"{tmp_path}/art/reports/e1", f"{tmp_path}/art/reports/sessions.png")
+    assert (art.mlruns, art.mlflow_uri) == (f"{tmp_path}/art/mlruns", f"file:{tmp_path}/art/mlruns")
+    assert (art.table("gold_train").location, art.landing, art.bench("x")) == (f"{root}/tables/gold_train", f"{root}/raw/generated", f"{root}/bench/x")
+
     uc = catalog(load_config("local", REPO / "conf", [f"app.data_root={root}", "tables.catalog=main", "tables.schema=shopseq"]))
     assert [(uc.table(n).location, uc.table(n).is_catalog) for n in ("bronze_events", "predictions_latest")] == [
         ("main.shopseq.bronze_events", True), ("main.shopseq.predictions_latest", True),
@@ -160,3 +171,37 @@ def test_the_jobs_answer_with_the_catalog(cfg_factory, tmp_path, monkeypatch):
         f"{tmp_path}/gold/schema.json", f"{tmp_path}/raw/generated", f"{tmp_path}/checkpoints", f"file:{tmp_path}/mlruns", f"{tmp_path}/reports/e1",
     )  # fmt: skip
     assert default_path(SourceConfig(format="generated"), cfg.app.data_root) == cat.generated_events == f"{tmp_path}/raw/generated/events"
+
+
+def test_an_object_store_artifact_root_gives_uris(tmp_path, monkeypatch):
+    """A URI artifact root: every artifact is a URI under it (never made "absolute"); MLflow's file store stays on the data root's disk."""
+    from jobs.catalog import Catalog
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cat = Catalog("data", artifact_root="s3://bucket/shopseq/")
+    assert cat.schema_artifact == "s3://bucket/shopseq/gold/schema.json" and cat.gold_dir == "s3://bucket/shopseq/gold"
+    assert (cat.checkpoints, cat.checkpoint("last"), cat.earlier_run("abc")) == (
+        "s3://bucket/shopseq/checkpoints", "s3://bucket/shopseq/checkpoints/last.pt", "s3://bucket/shopseq/checkpoints/runs/abc",
+    )  # fmt: skip
+    assert (cat.reports, cat.report("e1"), cat.sessions_plot) == ("s3://bucket/shopseq/reports", "s3://bucket/shopseq/reports/e1", "s3://bucket/shopseq/reports/sessions.png")
+    assert (cat.mlruns, cat.mlflow_uri) == (f"{tmp_path}/data/mlruns", f"file:{tmp_path}/data/mlruns")
+    assert Catalog("data", artifact_root="s3://bucket/x", mlflow_tracking_uri="http://mlflow:5000").mlflow_uri == "http://mlflow:5000"
+    assert cat.table("vocab").location == f"{tmp_path}/data/tables/vocab"  # tables stay on the data root (tables.root moves them)
+    # A file:// root is local: MLflow's store goes there too, as the URI it is.
+    local = Catalog("data", artifact_root="file:///srv/art")
+    assert (local.checkpoint("best"), local.mlflow_uri) == ("file:///srv/art/checkpoints/best.pt", "file:///srv/art/mlruns")
+    # Moved checkpoints and report folders may be URIs too.
+    moved = Catalog("data", checkpoint_dir="gs://b/ckpt", report_dir="abfs://c/rep")
+    assert (moved.checkpoint("last"), moved.earlier_run("r"), moved.report("e")) == ("gs://b/ckpt/last.pt", "gs://b/ckpt/runs/r", "abfs://c/rep")
+
+
+def test_artifact_root_is_validated_when_config_loads(tmp_path):
+    from jobs.config import ConfigError, load_config
+
+    assert load_config("local", REPO / "conf", ["app.artifact_root=s3://bucket/prefix"]).app.artifact_root == "s3://bucket/prefix"  # s3fs: test extra
+    assert load_config("local", REPO / "conf", []).app.artifact_root is None
+    with pytest.raises(ConfigError, match=r"--set: 'app.artifact_root' must be a non-empty path, or a URI whose fsspec filesystem is installed .*got 'nosuch://x'"):
+        load_config("local", REPO / "conf", ["app.artifact_root=nosuch://x"])
+    with pytest.raises(ConfigError, match=r"'app.artifact_root' must be a non-empty path"):
+        load_config("local", REPO / "conf", ["app.artifact_root=' '"])

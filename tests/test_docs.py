@@ -188,9 +188,13 @@ EXCLUDED = {
     ".venv/bin/shopseq run --stages": "a pipeline run",
     ".venv/bin/shopseq run --limit": "a pipeline run",
     "make dist": "builds the wheel and the --py-files zip",
-    "SUBMIT=": "spark-submit on a cluster",
-    "ARGS=": "spark-submit on a cluster",
-    "$SUBMIT": "spark-submit on a cluster",
+    "SPARK=": "the standalone cluster of tests/test_cluster.py (it runs these lines)",
+    "J=": "the standalone cluster of tests/test_cluster.py (it runs these lines)",
+    "PY=": "the standalone cluster of tests/test_cluster.py (it runs these lines)",
+    "export SPARK_LOCAL_IP=": "the standalone cluster of tests/test_cluster.py (it runs these lines)",
+    "$SPARK/": "the standalone cluster of tests/test_cluster.py (it runs these lines)",
+    "DELTA=": "spark-submit on YARN or Kubernetes",
+    "spark-submit ": "spark-submit on YARN or Kubernetes",
     "databricks bundle": "a Databricks workspace",
 }
 

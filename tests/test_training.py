@@ -159,3 +159,118 @@ def test_in_memory_source_runs_the_same_loop(gold, tmp_path):
     steps = res["history"][0]["steps"]
     assert steps == 512 // 32  # whole batches of the single shard
     assert res["history"][1]["train_loss"] < res["history"][0]["train_loss"]
+
+
+# --------------------------------------------------------------------------- TorchDistributor (torch.distributed ranks)
+
+
+@pytest.fixture(scope="module")
+def torch_two_ranks(gold, spark, tmp_path_factory):
+    """The same 2-epoch, 2-rank run as ``two_ranks``, launched by TorchDistributor (local_mode=False: a barrier stage of 2 tasks, gloo)."""
+    import time
+
+    ckpt = tmp_path_factory.mktemp("torchdist")
+    start = time.monotonic()
+    results = launch(train_fn, _params(gold, ckpt, epochs=2, distributed=True), launcher="torch_distributor", num_proc=2)
+    return results, ckpt, time.monotonic() - start
+
+
+@pytest.mark.horovod
+def test_two_gloo_ranks_via_torch_distributor_train_like_horovod(torch_two_ranks, two_ranks):
+    """Same data, seed and initialisation; both backends average gradients as sum x 1/2, exact in float32 on 2 ranks,
+    and the ranks read the same shards in the same order: the losses and final weights equal Horovod's bit for bit."""
+    results, ckpt, _ = torch_two_ranks
+    hvd, _ = two_ranks
+    assert [(r["rank"], r["size"]) for r in results] == [(0, 2)]  # TorchDistributor passes back rank 0's result only
+    (res,) = results
+    assert len(res["weights_digests"]) == 2 and res["weights_digests"][0] == res["weights_digests"][1]  # the ranks stayed in step
+    assert [h["epoch"] for h in res["history"]] == [0, 1] and all(np.isfinite(h["train_loss"]) for h in res["history"])
+    # Every validation row exactly once over both ranks: disjoint shards that cover the 128 rows.
+    assert [h["val_examples"] for h in res["history"]] == [128.0, 128.0]
+    assert {"epoch-0000.pt", "epoch-0001.pt", "last.pt"} <= {p.name for p in ckpt.glob("*.pt")}  # rank 0 wrote them
+    assert [h["train_loss"] for h in res["history"]] == [h["train_loss"] for h in hvd[0]["history"]]
+    assert res["weights_digest"] == hvd[0]["weights_digest"]
+
+
+TORCH_STARTUP_S = 90  # the barrier stage, 2 torchrun agents and 2 ranks importing torch, and epoch 0 (the failure came after 41 s at load 8-12)
+
+
+def test_a_killed_torch_distributor_rank_stops_the_job_with_one_line(gold, torch_two_ranks, tmp_path, monkeypatch):
+    """Rank 1 dies (exit 137) at step 3 of epoch 1: rank 0's next allreduce fails, the barrier stage is aborted and launch
+    raises TrainingFailed naming rank 1 and the checkpoint of epoch 0; the re-run resumes there and matches the uninterrupted run."""
+    import time
+
+    from training.launch import TrainingFailed
+
+    full, _, _ = torch_two_ranks
+    ckpt = tmp_path / "killed"
+    params = _params(gold, ckpt, epochs=2, distributed=True)
+    monkeypatch.setenv("SHOPSEQ_FAULT", "rank1:epoch1:step3")  # reaches the torchrun ranks through rank_entry's environment
+    start = time.monotonic()
+    with pytest.raises(TrainingFailed) as failed:
+        launch(train_fn, params, launcher="torch_distributor", num_proc=2, rank_timeout_s=RANK_TIMEOUT_S)
+    elapsed = time.monotonic() - start
+    assert str(failed.value) == (
+        "training stopped: rank 1 of 2 failed: its process exited without a result (killed, out of memory or an error): "
+        "its exit status and output are in the executor's log; "
+        f"a re-run resumes from {ckpt}/last.pt (epoch 0 complete, continues with epoch 1)"
+    )
+    assert elapsed < TORCH_STARTUP_S + RANK_TIMEOUT_S, elapsed
+    assert sorted(p.name for p in ckpt.glob("*.pt")) == ["best.pt", "epoch-0000.pt", "last.pt"]
+
+    monkeypatch.delenv("SHOPSEQ_FAULT")
+    (resumed,) = launch(train_fn, params, launcher="torch_distributor", num_proc=2, rank_timeout_s=RANK_TIMEOUT_S)
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+    # Rank 0's checkpoint (weights, Adam's moments) reached rank 1 by broadcast: epoch 1 and the weights match the uninterrupted run.
+    assert resumed["history"][1]["train_loss"] == full[0]["history"][1]["train_loss"]
+    assert resumed["weights_digests"] == full[0]["weights_digests"]
+
+
+def test_horovod_spark_kwargs_carry_the_executors_python_nics_and_start_timeout():
+    from training.launch import horovod_spark_kwargs
+
+    env = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "20"}
+    assert horovod_spark_kwargs(4, 300, env, ["eth0", "ib0"], "./env/bin/python") == {
+        "num_proc": 4, "start_timeout": 300, "use_gloo": True, "verbose": 0, "env": env, "nics": {"eth0", "ib0"}, "executable": "./env/bin/python",
+    }  # fmt: skip
+    assert horovod_spark_kwargs(2, 1, {}, None, "/usr/bin/python3")["nics"] is None  # null: Horovod probes the interfaces
+
+
+def test_executor_python_is_the_sessions_then_the_environments_then_this_one(spark):
+    import sys
+
+    from training.launch import _pyspark_python_conf, executor_python
+
+    assert executor_python("./env/bin/python", {"PYSPARK_PYTHON": "/opt/py/bin/python"}) == "./env/bin/python"  # the session's conf wins
+    assert executor_python(None, {"PYSPARK_PYTHON": "/opt/py/bin/python"}) == "/opt/py/bin/python"
+    assert executor_python(None, {}) == sys.executable  # nothing set: this interpreter (local mode)
+    assert _pyspark_python_conf() is None  # the test session sets $PYSPARK_PYTHON, not the conf
+
+
+def test_rank_entry_finds_the_jobs_py_files_in_the_executors_working_directory(tmp_path, monkeypatch):
+    """A torchrun rank is a fresh interpreter: the entry (pickled by value) puts the ``--py-files`` the executor fetched
+    into its working directory on sys.path before it unpickles the function, which lives in one of them."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from pyspark import cloudpickle
+
+    from training.launch import rank_entry
+
+    shipped = tmp_path / "build" / "probe_pkg.zip"
+    shipped.parent.mkdir()
+    with zipfile.ZipFile(shipped, "w") as zf:
+        zf.writestr("probe_pkg/__init__.py", "import os\n\ndef job(p):\n    return {'value': p + 1, 'fault': os.environ.get('SHOPSEQ_FAULT')}\n")
+    monkeypatch.syspath_prepend(str(shipped))  # the driver imports it from its own copy
+    import probe_pkg
+
+    executor = tmp_path / "executor"  # the executor's working directory: Spark fetched the file there
+    executor.mkdir()
+    (executor / "probe_pkg.zip").write_bytes(shipped.read_bytes())
+    entry = rank_entry(cloudpickle.dumps((probe_pkg.job, 41)), {"SHOPSEQ_FAULT": "rank1:epoch0:step0"}, ["probe_pkg.zip"], str(tmp_path / "driver-userFiles"))
+    (tmp_path / "entry.pkl").write_bytes(cloudpickle.dumps(entry))
+    script = "import sys; from pyspark import cloudpickle; print(cloudpickle.loads(open(sys.argv[1], 'rb').read())())"
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "entry.pkl")], cwd=executor, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "{'value': 42, 'fault': 'rank1:epoch0:step0'}"

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
+from training import storage
 from training.model import ModelConfig, MultiTaskModel
 
 
 def load_model(path: Any, device: str = "cpu") -> tuple[MultiTaskModel, dict[str, Any]]:
-    """The model in eval mode, and the checkpoint's state (epoch, history, schema, lineage); ``path`` may be a file object."""
-    state = torch.load(path, map_location=device, weights_only=False)
+    """The model in eval mode, and the checkpoint's state (epoch, history, schema, lineage).
+
+    ``path``: a local path, a URI (``s3://...``, read through :mod:`training.storage`) or a file object.
+    """
+    if isinstance(path, (str, os.PathLike)):
+        state = storage.load_torch(os.fspath(path), map_location=device)
+    else:
+        state = torch.load(path, map_location=device, weights_only=False)
     return model_from_state(state, device), state
 
 

@@ -2,14 +2,16 @@
 
 Self-contained and picklable: it imports inside, reads its own shard, and runs
 the same in one process (``params.distributed = False``), in Horovod ranks
-started by ``horovod.spark.run`` or ``horovodrun``, on CPU (gloo) or one GPU
-per rank. Only rank 0 logs, writes checkpoints and returns the history.
+started by ``horovod.spark.run`` or ``horovodrun`` (``params.backend =
+"horovod"``), or in ``torch.distributed`` ranks started by ``TorchDistributor``
+(``"torch"``), on CPU (gloo) or one GPU per rank. Everything distributed goes
+through :mod:`training.dist`. Only rank 0 logs and writes checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import logging
 import math
 import os
@@ -18,6 +20,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from training.dist import Dist, init_dist
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class TrainParams:
     max_steps_per_epoch: int | None = _from_train_config()  # quick mode
     item_counts: list[int] | None = None  # item frequencies (index order) for the sampled softmax proposal
     distributed: bool = True
+    backend: str = "horovod"  # the ranks' collectives (training.dist): "horovod" | "torch" (TorchDistributor); set by training.launch
+    rank_timeout_s: int | None = None  # torch backend: seconds a collective waits for a peer (train.rank_timeout_s, set by training.launch)
     lineage: dict[str, Any] = field(default_factory=dict)  # vocab version, gold versions: saved in checkpoints
     source: str = "petastorm"  # "petastorm" (streamed) | "memory" (this rank's shard preloaded as tensors: benchmark reference)
     mlflow_tracking_uri: str | None = None  # rank 0 logs per-epoch metrics into mlflow_run_id
@@ -124,16 +130,16 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     from training.metrics import batch_ranking_sums, roc_auc
     from training.model import ITEM_FEATURE, ModelConfig, MultiTaskModel, last_valid_index, masked_bce, next_item_loss, next_targets
 
-    hvd = _init_horovod(params.distributed)
-    rank, size = (hvd.rank(), hvd.size()) if hvd else (0, 1)
+    dist = init_dist(params.distributed, params.backend, params.rank_timeout_s)  # None for one process
+    rank, size = (dist.rank, dist.size) if dist else (0, 1)
     _configure_rank_logging(rank, params.log_level)
-    if hvd and not torch.cuda.is_available():
+    if dist and not torch.cuda.is_available():
         # Distributed only: ranks share the host's cores; one thread each avoids oversubscription.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_size))
     device = torch.device("cpu")
     if torch.cuda.is_available():
         # Distributed only: one GPU per rank, pinned by local rank.
-        torch.cuda.set_device(hvd.local_rank() if hvd else 0)
+        torch.cuda.set_device(dist.local_rank if dist else 0)
         device = torch.device("cuda")
     if params.deterministic:
         # Bit-reproducible runs (resume tests): one intra-op thread, deterministic kernels.
@@ -154,22 +160,23 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     ]
     optimizer: Any = torch.optim.AdamW(groups, lr=params.lr * size, weight_decay=params.weight_decay)
     peak_lrs = [g["lr"] for g in optimizer.param_groups]
-    if hvd:
-        # Distributed only: gradients are averaged across ranks by allreduce in step(). Wrapped before any state
-        # is loaded: DistributedOptimizer builds a new optimizer from the param groups, without their state.
-        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    if dist:
+        # Distributed only: Horovod's DistributedOptimizer (the torch backend keeps the optimizer), before any state is loaded.
+        optimizer = dist.distributed_optimizer(optimizer, model)
     start_epoch, best, history, bad_epochs, saved_optimizer = 0, -math.inf, [], 0, None
     ckpt = _latest_checkpoint(params.checkpoint_dir) if params.resume else None
     if ckpt and rank == 0:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        from training import storage
+
+        state = storage.load_torch(ckpt, map_location=device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best, history, bad_epochs, saved_optimizer = state["epoch"] + 1, state["best"], state["history"], state["bad_epochs"], state["optimizer"]
         log.info("resumed from %s (next epoch %d)", ckpt, start_epoch)
-    if hvd:
+    if dist:
         # Distributed only: every rank starts from rank 0's weights, optimizer state (Adam's moments, step) and progress.
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        start_epoch, best, history, bad_epochs, saved_optimizer = hvd.broadcast_object((start_epoch, best, history, bad_epochs, saved_optimizer), root_rank=0)
+        dist.broadcast_state(model.state_dict())
+        start_epoch, best, history, bad_epochs, saved_optimizer = dist.broadcast_object((start_epoch, best, history, bad_epochs, saved_optimizer))
         if saved_optimizer is not None and rank != 0:
             optimizer.load_state_dict(saved_optimizer)
 
@@ -226,30 +233,27 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             parts = losses(batch)
             optimizer.zero_grad()
+            (scaler.scale(parts["total"]) if scaler is not None else parts["total"]).backward()
+            if dist:
+                dist.average_gradients(optimizer)  # Distributed only: the mean gradient over ranks, before unscaling
             if scaler is not None:
-                scaler.scale(parts["total"]).backward()
-                if hvd:
-                    optimizer.synchronize()  # Distributed only: allreduce before unscaling
                 scaler.unscale_(optimizer)
-                if hvd:
-                    with optimizer.skip_synchronize():
-                        scaler.step(optimizer)
-                else:
+            with dist.stepping(optimizer) if dist else contextlib.nullcontext():
+                if scaler is not None:
                     scaler.step(optimizer)
-                scaler.update()
-            else:
-                parts["total"].backward()
-                optimizer.step()
+                    scaler.update()
+                else:
+                    optimizer.step()
             seen += len(batch[ITEM_FEATURE])
             loss_sum += torch.tensor([parts[k].item() for k in ("total", "next_item", "next_action", "purchase", "churn")])
         elapsed = time.perf_counter() - t0
         train_loss = loss_sum / max(1, steps)
         samples = torch.tensor([float(seen)])
-        if hvd:
+        if dist:
             # Distributed only: average the losses and sum the throughput across ranks.
-            train_loss = hvd.allreduce(train_loss, name=f"train_loss_{epoch}")
-            samples = hvd.allreduce(samples, op=hvd.Sum, name=f"samples_{epoch}")
-        val = _validate(model, params, columns, rank, size, hvd, device, batch_ranking_sums, roc_auc)
+            train_loss = dist.allreduce(train_loss, "mean", name=f"train_loss_{epoch}")
+            samples = dist.allreduce(samples, "sum", name=f"samples_{epoch}")
+        val = _validate(model, params, columns, rank, size, dist, device, batch_ranking_sums, roc_auc)
         row = {
             "epoch": epoch,
             "train_loss": float(train_loss[0]),
@@ -272,7 +276,11 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
                 log.info("early stopping after epoch %d (no val ndcg@10 gain for %d epochs)", epoch, bad_epochs)
             break
     digest = float(sum(p.detach().double().sum().item() for p in model.parameters()))
-    return {"rank": rank, "size": size, "history": history, "weights_digest": digest, "stopped_early": stopped_early, "best": best}
+    # Distributed only: every rank's digest (equal when the ranks stayed in step), as rank 0 is the only result TorchDistributor returns.
+    digests = dist.allgather_object(digest, name="weights_digests") if dist else [digest]
+    if dist:
+        dist.close()
+    return {"rank": rank, "size": size, "history": history, "weights_digest": digest, "weights_digests": digests, "stopped_early": stopped_early, "best": best}
 
 
 FAULT_ENV = "SHOPSEQ_FAULT"  # the same test hook as jobs.tables.fault_point
@@ -311,16 +319,7 @@ def _track(params: TrainParams, row: dict[str, Any]) -> None:
         log.warning("MLflow logging failed for epoch %s: %s", row["epoch"], exc)
 
 
-def _init_horovod(distributed: bool) -> Any:
-    if not distributed:
-        return None
-    import horovod.torch as hvd
-
-    hvd.init()
-    return hvd
-
-
-def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, size: int, hvd: Any, device: Any, ranking: Any, auc: Any) -> dict[str, float]:
+def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, size: int, dist: Dist | None, device: Any, ranking: Any, auc: Any) -> dict[str, float]:
     """Next-item HR/NDCG@10 and purchase/churn AUC on the validation files (every rank its shard)."""
     import numpy as np
     import torch
@@ -345,10 +344,10 @@ def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, si
                 scores[task].append(torch.sigmoid(out[f"{task}_logit"].float()[m]).cpu().numpy())
                 labels[task].append(batch[f"{task}_label"][m].cpu().numpy())
     gathered = {t: (np.concatenate(scores[t]) if scores[t] else np.zeros(0), np.concatenate(labels[t]) if labels[t] else np.zeros(0)) for t in scores}
-    if hvd:
+    if dist:
         # Distributed only: metrics over the whole validation set, not one shard.
-        sums = hvd.allreduce(sums, op=hvd.Sum, name="val_sums")
-        parts = hvd.allgather_object(gathered, name="val_scores")
+        sums = dist.allreduce(sums, "sum", name="val_sums")
+        parts = dist.allgather_object(gathered, name="val_scores")
         gathered = {t: (np.concatenate([p[t][0] for p in parts]), np.concatenate([p[t][1] for p in parts])) for t in gathered}
     n = max(1.0, float(sums[2]))
     out_metrics = {"val_hr@10": float(sums[0]) / n, "val_ndcg@10": float(sums[1]) / n, "val_examples": float(sums[2])}
@@ -358,15 +357,23 @@ def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, si
 
 
 def _latest_checkpoint(directory: str) -> str | None:
-    path = os.path.join(directory, "last.pt")
-    return path if os.path.exists(path) else None
+    """``<directory>/last.pt`` when it exists (a local path or a URI, :mod:`training.storage`), else None."""
+    from training import storage
+
+    path = storage.join(directory, "last.pt")
+    return path if storage.isfile(path) else None
 
 
 def _save_checkpoint(params: TrainParams, model: Any, optimizer: Any, epoch: int, best: float, history: list, bad_epochs: int, improved: bool) -> None:
-    """Rank 0 only: ``epoch-NNNN.pt``, then ``last.pt`` (and ``best.pt``) atomically via rename."""
-    import torch
+    """Rank 0 only: ``epoch-NNNN.pt``, then ``last.pt`` (and ``best.pt``), then ``history.json``, each written atomically.
 
-    os.makedirs(params.checkpoint_dir, exist_ok=True)
+    Through :mod:`training.storage`, so ``params.checkpoint_dir`` may be a URI
+    (``s3://...``) that the driver reads back when the rank runs on another
+    machine: a temporary file and a rename locally, one PUT per object on
+    object storage.
+    """
+    from training import storage
+
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -379,13 +386,8 @@ def _save_checkpoint(params: TrainParams, model: Any, optimizer: Any, epoch: int
         "params": {k: v for k, v in asdict(params).items() if k not in ("schema", "item_counts", "train_files", "val_files")},
         "lineage": params.lineage,
     }
-    path = os.path.join(params.checkpoint_dir, f"epoch-{epoch:04d}.pt")
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    for name in ("last.pt",) + (("best.pt",) if improved else ()):
-        link_tmp = os.path.join(params.checkpoint_dir, name + ".tmp")
-        torch.save(state, link_tmp)
-        os.replace(link_tmp, os.path.join(params.checkpoint_dir, name))
-    with open(os.path.join(params.checkpoint_dir, "history.json"), "w") as fh:
-        json.dump(history, fh, indent=1)
+    data = storage.torch_bytes(state)  # serialised once, written under each name
+    storage.makedirs(params.checkpoint_dir)
+    for name in (f"epoch-{epoch:04d}.pt", "last.pt") + (("best.pt",) if improved else ()):
+        storage.write_bytes(storage.join(params.checkpoint_dir, name), data)
+    storage.write_json(storage.join(params.checkpoint_dir, "history.json"), history, indent=1)

@@ -1,0 +1,74 @@
+"""`shopseq bench scale`: per-stage lines fitted over the sizes, and the projection's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_fit_line_is_least_squares_and_one_point_goes_through_the_origin():
+    from jobs.bench_scale import fit_line
+
+    assert fit_line([1.0, 2.0, 3.0], [12.0, 14.0, 16.0]) == pytest.approx((10.0, 2.0))
+    xs, ys = [1e5, 3e5, 1e6], [30.0, 41.0, 90.0]
+    slope, fixed = np.polyfit(xs, ys, 1)
+    assert fit_line(xs, ys) == pytest.approx((fixed, slope))
+    assert fit_line([4.0], [8.0]) == (0.0, 2.0)
+
+
+def test_projection_arithmetic():
+    from jobs.bench_scale import project
+
+    # 2 cores; ingest: 10 s fixed + 1 us a row; features sees half the events at 4 us a row.
+    stages = {"ingest": {"fixed_s": 10.0, "per_row_s": 1e-6, "rows_per_event": 1.0}, "features": {"fixed_s": 20.0, "per_row_s": 4e-6, "rows_per_event": 0.5}}
+    p = project(stages, cores=2, target_events=1e9, window_hours=1.0)
+    # core-seconds: ingest 1e-6 * 2 * 1e9 = 2000; features 4e-6 * 2 * 5e8 = 4000.
+    assert p["stages"]["ingest"]["core_seconds"] == pytest.approx(2000.0)
+    assert p["stages"]["features"]["core_seconds"] == pytest.approx(4000.0)
+    assert p["core_seconds"] == pytest.approx(6000.0) and p["core_hours"] == pytest.approx(6000 / 3600)
+    assert p["fixed_s"] == 30.0
+    assert p["cores_for_window"] == math.ceil(6000 / (3600 - 30)) == 2
+    assert p["wall_hours_on_cores"]["8"] == pytest.approx((30 + 6000 / 8) / 3600)
+    # A falling line (sizes too small to see a per-row cost) adds no core-seconds, and says so in the summary.
+    flat = project({"ingest": {"fixed_s": 5.0, "per_row_s": -1e-6, "rows_per_event": 1.0}}, 2, 1e9, 1.0)
+    assert flat["core_seconds"] == 0.0
+
+
+@pytest.mark.e2e
+def test_bench_scale_times_each_stage_on_what_the_tables_hold(spark, tmp_path):
+    from jobs.bench import main
+    from jobs.bench_features import bench_config
+    from jobs.bench_scale import STAGES, fit_line, render_markdown
+    from jobs.catalog import catalog
+    from jobs.config import load_config
+    from jobs.tables import TableIO
+
+    sets = [f"app.data_root={tmp_path}", "generate.users=60", "generate.days=14"]
+    assert main(["scale", "--events", "1500,3000", "--window-hours", "1", "--conf-dir", str(REPO / "conf"), *[a for s in sets for a in ("--set", s)]]) == 0
+    report = json.loads((tmp_path / "reports" / "bench_scale.json").read_text())
+    assert (tmp_path / "reports" / "bench_scale.md").read_text() == render_markdown(report)
+    assert report["cores"] == 2 and [len(r["stages"]) for r in report["results"]] == [3, 3]
+    cfg = load_config("local", REPO / "conf", sets)
+    for r in report["results"]:
+        bench = catalog(cfg).bench("scale", str(r["events"]))
+        raw = json.loads((tmp_path / "bench" / "sessionize" / str(r["events"]) / "input.json").read_text())["raw"]
+        tables = TableIO(spark, bench_config(cfg, bench, raw))
+        # Rows in: every generated event into ingest, bronze into sessionize, silver into features.
+        assert r["stages"]["ingest"]["rows"] == r["events"] == tables.read("bronze_events").count()
+        assert r["stages"]["sessionize"]["rows"] == r["events"]
+        assert r["stages"]["features"]["rows"] == tables.read("silver_events").count()
+        assert r["examples"] == sum(tables.read(f"gold_{s}").count() for s in ("train", "val", "test")) > 0
+        for name in STAGES:
+            s = r["stages"][name]
+            assert s["rows_per_s_per_core"] == s["rows"] / s["seconds"] / 2
+    for name in STAGES:
+        fixed, slope = fit_line([r["stages"][name]["rows"] for r in report["results"]], [r["stages"][name]["seconds"] for r in report["results"]])
+        assert (report["stages"][name]["fixed_s"], report["stages"][name]["per_row_s"]) == (fixed, slope)
+        small, large = (r["stages"][name]["rows_per_s_per_core"] for r in report["results"])
+        assert report["stages"][name]["scaling_ratio"] == large / small
+    assert report["projection"]["window_hours"] == 1.0 and report["projection"]["target_events"] == 1e9
