@@ -286,5 +286,5 @@ def bench_features(
         report["results"].append(bench_one_size(spark, cfg, n, regenerate=regenerate, repeat=repeat))
         report |= provenance(cfg.spark)
         md = write_report("features", report, render_markdown, out_dirs)  # after each size, so a long run leaves what it finished
-    log.info("bench features results (%s):\n%s", out_dirs[0] / "bench_features.md", md)
+    log.info("bench features results (%s/bench_features.md):\n%s", out_dirs[0], md)
     return report

@@ -1,6 +1,6 @@
 """`shopseq bench scale`: per-core throughput of the Spark stages at several sizes, and a projection to 1B events a day.
 
-``shopseq bench scale --events 100000,300000,1000000``: for each size, on the
+``shopseq bench scale --events 1000000,3000000,10000000``: for each size, on the
 session's Spark (``local[n]``, or a cluster when started by spark-submit):
 
 1. **input** (cached): about N generated events (shared with ``bench
@@ -13,7 +13,9 @@ Per stage and size: wall seconds, input rows, rows/s per core (cores: the
 ``n`` of ``local[n]``, else Spark's default parallelism = the executors'
 cores). Per stage over the sizes: a least-squares line ``seconds = fixed +
 per_row x rows`` (the fixed part: job start, Delta log, small-file overhead;
-the slope: what each further row costs), and the **scaling ratio** measured
+the slope: what each further row costs; when the sizes are too small to show
+a slope above zero, the largest size's seconds per row stand in, an upper
+bound), and the **scaling ratio** measured
 in the same run: rows/s per core at the largest size over the smallest
 (1.0 = linear; below 1 = a stage that slows as data grows).
 
@@ -49,7 +51,8 @@ from jobs.tables import TableIO
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
+DEFAULT_SIZES = (1_000_000, 3_000_000, 10_000_000)
+WARMUP_EVENTS = 20_000  # at most: an untimed first pass (JIT, class loading) on half the smallest size, so it is not penalised
 STAGES = ("ingest", "sessionize", "features")
 ASSUMPTIONS = (
     "per-core throughput holds as cores are added (the slope measured on this run's cores, not on a large cluster)",
@@ -77,7 +80,7 @@ def project(stages: dict[str, dict[str, Any]], cores: int, target_events: float,
     for name, s in stages.items():
         # Rows into a stage per input event (ingest and sessionize see every event; features sees silver's).
         rows = target_events * s["rows_per_event"]
-        core_s = max(s["per_row_s"], 0.0) * cores * rows
+        core_s = s["projected_per_row_s"] * cores * rows
         out["stages"][name] = {"rows": rows, "core_seconds": core_s, "fixed_s": s["fixed_s"]}
         total_core_s += core_s
         total_fixed += max(s["fixed_s"], 0.0)
@@ -133,6 +136,8 @@ def summarize(results: list[dict[str, Any]], cores: int) -> dict[str, dict[str, 
         out[name] = {
             "fixed_s": fixed,
             "per_row_s": slope,
+            # What the projection uses: the slope, or (no slope above zero) the largest size's seconds per row, an upper bound.
+            "projected_per_row_s": slope if slope > 0 else large["seconds"] / large["rows"],
             # None when the sizes cannot separate the per-row cost from the fixed cost (a flat or falling line).
             "marginal_rows_per_s_per_core": 1 / (slope * cores) if slope > 0 else None,
             "rows_per_event": sum(r["stages"][name]["rows"] for r in results) / sum(r["events"] for r in results),
@@ -165,7 +170,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, s in report["stages"].items():
-        marginal = f"{m:,.0f}" if (m := s["marginal_rows_per_s_per_core"]) else "n/a (sizes too small: no per-row cost above the fixed)"
+        marginal = f"{m:,.0f}" if (m := s["marginal_rows_per_s_per_core"]) else "n/a (no slope above 0: the largest size's rate stands in)"
         lines.append(f"| {name} | {s['fixed_s']:.1f} | {marginal} | {s['rows_per_event']:.3f} | {s['scaling_ratio']:.2f}x |")
     lines += [
         "",
@@ -187,6 +192,9 @@ def bench_scale(
     """Run every size, fit each stage, project; write ``reports/bench_scale.{md,json}`` (also into ``docs``) and return the report."""
     cores = spark_cores(spark)
     started = time.perf_counter()
+    warmup = min(WARMUP_EVENTS, min(sizes) // 2)
+    log.info("bench scale: untimed warm-up on %d events", warmup)
+    _bench_size(spark, cfg, warmup, cores, regenerate)
     results = [_bench_size(spark, cfg, n, cores, regenerate) for n in sorted(sizes)]
     stages = summarize(results, cores)
     report = {
@@ -201,5 +209,5 @@ def bench_scale(
     report["spark"]["master"] = spark.sparkContext.master  # the master this run had (spark-submit may set it)
     out_dirs = [catalog(cfg).reports] + ([docs] if docs else [])
     md = write_report("scale", report, render_markdown, out_dirs)
-    log.info("bench scale results (%s):\n%s", out_dirs[0] / "bench_scale.md", md)
+    log.info("bench scale results (%s/bench_scale.md):\n%s", out_dirs[0], md)
     return report

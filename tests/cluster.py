@@ -308,19 +308,11 @@ class ExecutorWatch(threading.Thread):
         return {k: v for k, v in self.tasks.items() if k != "driver" and v > 0}
 
 
-def copy_tree(src: Path, dest: Path) -> None:
-    """``shutil.copytree`` without ``__pycache__``."""
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
-
-
-# --------------------------------------------------------------------------- what is submitted
-
-
-def build_dist(dest: Path) -> Path:
-    """``make dist`` (the real recipe, setup not re-run) on a copy of the tree, as tests/test_packaging.py does; returns the zip."""
+def make_dist(dest: Path) -> Path:
+    """``make dist`` (the real recipe, setup not re-run) on a copy of the tree; returns the folder with the wheel and the zip."""
     src = dest / "src"
     for name in ("jobs", "features", "training", "conf"):
-        copy_tree(REPO / name, src / name)
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "Makefile", "constraints.txt", "README.md"):
         shutil.copy2(REPO / name, src / name)
     venv = Path(sys.prefix)
@@ -328,7 +320,15 @@ def build_dist(dest: Path) -> Path:
         ["make", "-s", "-C", str(src), "-o", str(venv / ".shopseq-setup"), f"VENV={venv}", f"DIST={dest / 'dist'}", "dist"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    return dest / "dist" / Path(PYFILES).name
+    return dest / "dist"
+
+
+# --------------------------------------------------------------------------- what is submitted
+
+
+def build_dist(dest: Path) -> Path:
+    """:func:`make_dist` into ``dest``; returns the ``--py-files`` zip."""
+    return make_dist(dest) / Path(PYFILES).name
 
 
 def submit_dir(dest: Path, pyfiles: Path) -> Path:

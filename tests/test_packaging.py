@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -44,18 +43,9 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``make dist`` (the real recipe, setup not re-run) on a copy of the tree; returns the folder with the wheel and the zip."""
-    tmp = tmp_path_factory.mktemp("packaging")
-    src = tmp / "src"
-    for name in (*CODE, "conf"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "Makefile", "constraints.txt", "README.md"):
-        shutil.copy2(REPO / name, src / name)
-    venv = Path(sys.prefix)
-    subprocess.run(
-        ["make", "-s", "-C", str(src), "-o", str(venv / ".shopseq-setup"), f"VENV={venv}", f"DIST={tmp / 'dist'}", "dist"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return tmp / "dist"
+    from tests.cluster import make_dist
+
+    return make_dist(tmp_path_factory.mktemp("packaging"))
 
 
 def _probe(pythonpath: Path, cwd: Path) -> dict:
