@@ -10,7 +10,7 @@
   ``num_proc`` tasks, each running ``torchrun`` with one rank that joins the
   others through ``torch.distributed`` (gloo on CPU; NCCL when Spark gives
   each task a GPU, ``spark.task.resource.gpu.amount``). Databricks recommends
-  it over Horovod from Runtime 15.4 LTS ML on;
+  it over Horovod after Runtime 15.4 LTS ML;
 - ``horovodrun``: ``horovod.run``, the programmatic ``horovodrun``, on this host
   (or ``hosts``), gloo;
 - ``local``: ``train_fn`` in this process, without Horovod.
