@@ -35,7 +35,7 @@ def build_parser():
         "--events",
         default=None,
         help="sessionize: comma-separated event counts, e.g. 1000000,10000000 (default: 1000000); train: build gold from this many generated events; "
-        "features: comma-separated event counts (default: 1000000,10000000); scale: comma-separated event counts (default: 100000,300000,1000000); bot: the bot's events in its one day (default: 1000000)",
+        "features: comma-separated event counts (default: 1000000,10000000); scale: comma-separated event counts (default: 1000000,3000000,10000000); bot: the bot's events in its one day (default: 1000000)",
     )
     parser.add_argument("--regenerate", action="store_true", help="regenerate the input even when a previous run left it (sessionize, features, predict)")
     parser.add_argument("--rows", type=int, default=None, help="predict: windows to score (every user's latest window, replicated) (default: 100000)")
@@ -48,6 +48,9 @@ def build_parser():
     parser.add_argument("--peer", default=None, choices=["recbole"], help="quality: also run RecBole's SASRec and GRU4Rec on the recbole_loo split (needs `make peer-recbole`)")
     parser.add_argument("--target-events", type=float, default=1e9, help="scale: events a day to project cores and wall time for (default: 1e9)")
     parser.add_argument("--window-hours", type=float, default=2.0, help="scale: hours the daily run of ingest, sessionize and features may take (default: 2)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, metavar="EVENTS", help="scale: events of the untimed first pass (JIT, class loading); 0: none (default: half the smallest size, at most 20000)"
+    )
     parser.add_argument(
         "--docs", default=None, metavar="DIR", help="also write the report's JSON and the Markdown page rendered from it into DIR, e.g. docs/benchmarks (default: only <app.data_root>/reports)"
     )
@@ -129,10 +132,10 @@ def _run(ctx: Context) -> int:
     if ctx.args.name == "scale":
         from jobs.bench_scale import DEFAULT_SIZES, bench_scale  # throughput at several sizes, projected (issue #18)
 
-        if ctx.args.target_events <= 0 or ctx.args.window_hours <= 0:
-            raise InputError("bench scale: --target-events and --window-hours must be positive")
+        if ctx.args.target_events <= 0 or ctx.args.window_hours <= 0 or (ctx.args.warmup is not None and ctx.args.warmup < 0):
+            raise InputError("bench scale: --target-events and --window-hours must be positive, --warmup 0 or more")
         sizes = _parse_sizes(ctx.args.events) if ctx.args.events else list(DEFAULT_SIZES)
-        bench_scale(ctx.spark, ctx.cfg, sizes, ctx.args.target_events, ctx.args.window_hours, regenerate=ctx.args.regenerate, docs=_docs(ctx))
+        bench_scale(ctx.spark, ctx.cfg, sizes, ctx.args.target_events, ctx.args.window_hours, regenerate=ctx.args.regenerate, docs=_docs(ctx), warmup=ctx.args.warmup)
         return 0
     if ctx.args.name == "features":
         from jobs.bench_features import bench_features  # the features stage's benchmark (issue #4)

@@ -94,7 +94,7 @@ def project(stages: dict[str, dict[str, Any]], cores: int, target_events: float,
 
 
 def _bench_size(spark: SparkSession, cfg: Config, n: int, cores: int, regenerate: bool) -> dict[str, Any]:
-    """Each stage timed from scratch on about ``n`` generated events; {events, stages: {name: timing}}."""
+    """Each stage timed from scratch on about ``n`` generated events; {size: n, events (generated), examples, stages: {name: timing}}."""
     from jobs.build_features import run_features
     from jobs.ingest import run_ingest
     from jobs.sessionize import run_sessionize
@@ -122,7 +122,7 @@ def _bench_size(spark: SparkSession, cfg: Config, n: int, cores: int, regenerate
     }
     for name, s in stages.items():
         log.info("  %-10s %9d rows %7.1f s %9.0f rows/s/core", name, s["rows"], s["seconds"], s["rows_per_s_per_core"])
-    return {"events": inp["rows"], "examples": examples, "stages": stages}
+    return {"size": n, "events": inp["rows"], "examples": examples, "stages": stages}
 
 
 def summarize(results: list[dict[str, Any]], cores: int) -> dict[str, dict[str, Any]]:
@@ -187,14 +187,18 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def bench_scale(
     spark: SparkSession, cfg: Config, sizes: list[int] | tuple[int, ...] = DEFAULT_SIZES, target_events: float = 1e9, window_hours: float = 2.0,
-    regenerate: bool = False, docs: Path | None = None,
+    regenerate: bool = False, docs: Path | None = None, warmup: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run every size, fit each stage, project; write ``reports/bench_scale.{md,json}`` (also into ``docs``) and return the report."""
+    """Run every size, fit each stage, project; write ``reports/bench_scale.{md,json}`` (also into ``docs``) and return the report.
+
+    ``warmup``: events of an untimed first pass (default half the smallest size, at most :data:`WARMUP_EVENTS`; 0: none).
+    """
     cores = spark_cores(spark)
     started = time.perf_counter()
-    warmup = min(WARMUP_EVENTS, min(sizes) // 2)
-    log.info("bench scale: untimed warm-up on %d events", warmup)
-    _bench_size(spark, cfg, warmup, cores, regenerate)
+    warmup = min(WARMUP_EVENTS, min(sizes) // 2) if warmup is None else warmup
+    if warmup:
+        log.info("bench scale: untimed warm-up on %d events", warmup)
+        _bench_size(spark, cfg, warmup, cores, regenerate)
     results = [_bench_size(spark, cfg, n, cores, regenerate) for n in sorted(sizes)]
     stages = summarize(results, cores)
     report = {

@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 VERSION = "0.1.0"  # pyproject.toml's; the dist artifacts carry it in their names
 PYFILES = f"dist/shopseq-{VERSION}-pyfiles.zip"  # relative to the submit folder, as in the README
 ENTRY = "jobs/run.py"  # relative to the submit folder: extracted from the zip by the test, the repo's own file in the README
+ENV_PACK = REPO / "dist" / f"shopseq-{VERSION}-env.tar.gz"  # `make dist-env`: the packed environment for --archives
+ENV_VENV = REPO / "build" / "dist-env"  # the venv it packed: a local Python with shopseq installed from the wheel
+PACKED_PYTHON = "./environment/bin/python"  # the executors' Python inside the unpacked archive
 DELTA = "3.2.1"
 DELTA_JARS = (f"delta-spark_2.12-{DELTA}.jar", f"delta-storage-{DELTA}.jar")
 DELTA_SQL = (
@@ -100,6 +103,24 @@ def submit_command(spark: str, master_port: int, jars: str, python: str, ui_port
         "--jars", ",".join(f"{jars}/{j}" for j in DELTA_JARS),
         *(a for c in conf for a in ("--conf", c)),
         "--py-files", PYFILES, "--total-executor-cores", str(WORKERS * WORKER_CORES), "--executor-cores", str(WORKER_CORES),
+        ENTRY, *args,
+    ]  # fmt: skip
+
+
+def submit_packed_command(spark: str, master_port: int, jars: str, driver_python: str, ui_port: int, archive: str, args: list[str]) -> list[str]:
+    """spark-submit in client mode with ``make dist-env``'s packed environment instead of ``--py-files``.
+
+    Spark unpacks ``archive`` as ``./environment`` in each executor's working
+    directory; the executors' Python workers and Horovod's ranks run
+    ``./environment/bin/python``, which has shopseq installed from the wheel.
+    The driver (client mode) needs a local Python with shopseq: ``driver_python``.
+    """
+    conf = [*DELTA_SQL, f"spark.pyspark.python={PACKED_PYTHON}", f"spark.pyspark.driver.python={driver_python}", f"spark.ui.port={ui_port}"]
+    return [
+        f"{spark}/spark-submit", "--master", f"spark://127.0.0.1:{master_port}",
+        "--jars", ",".join(f"{jars}/{j}" for j in DELTA_JARS),
+        *(a for c in conf for a in ("--conf", c)),
+        "--archives", f"{archive}#environment", "--total-executor-cores", str(WORKERS * WORKER_CORES), "--executor-cores", str(WORKER_CORES),
         ENTRY, *args,
     ]  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,14 +58,14 @@ def test_bench_scale_times_each_stage_on_what_the_tables_hold(spark, tmp_path):
     from jobs.tables import TableIO
 
     sets = [f"app.data_root={tmp_path}", "generate.users=60", "generate.days=14"]
-    assert main(["scale", "--events", "1500,3000", "--window-hours", "1", "--conf-dir", str(REPO / "conf"), *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["scale", "--events", "1500,3000", "--warmup", "0", "--window-hours", "1", "--conf-dir", str(REPO / "conf"), *[a for s in sets for a in ("--set", s)]]) == 0
     report = json.loads((tmp_path / "reports" / "bench_scale.json").read_text())
     assert (tmp_path / "reports" / "bench_scale.md").read_text() == render_markdown(report)
-    assert report["cores"] == 2 and [len(r["stages"]) for r in report["results"]] == [3, 3]
+    assert report["cores"] == 2 and [(r["size"], len(r["stages"])) for r in report["results"]] == [(1500, 3), (3000, 3)]
     cfg = load_config("local", REPO / "conf", sets)
     for r in report["results"]:
-        bench = catalog(cfg).bench("scale", str(r["events"]))
-        raw = json.loads((tmp_path / "bench" / "sessionize" / str(r["events"]) / "input.json").read_text())["raw"]
+        bench = catalog(cfg).bench("scale", str(r["size"]))
+        raw = json.loads(Path(catalog(cfg).bench("sessionize", str(r["size"]), "input.json")).read_text())["raw"]
         tables = TableIO(spark, bench_config(cfg, bench, raw))
         # Rows in: every generated event into ingest, bronze into sessionize, silver into features.
         assert r["stages"]["ingest"]["rows"] == r["events"] == tables.read("bronze_events").count()

@@ -11,6 +11,7 @@ process the fixture started is gone afterwards.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ import pytest
 from tests.cluster import (
     DELTA_JARS,
     ENTRY,
+    ENV_PACK,
+    ENV_VENV,
+    PACKED_PYTHON,
     PIPELINE_SETS,
     PYFILES,
     ExecutorWatch,
@@ -36,6 +40,7 @@ from tests.cluster import (
     stop_processes,
     submit_command,
     submit_dir,
+    submit_packed_command,
     tail,
     worker_command,
 )
@@ -97,12 +102,19 @@ def submission(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(python=python, folder=folder)
 
 
-def spark_submit(cluster, submission, args: list[str], log: Path, timeout_s: float) -> SimpleNamespace:
-    """Run the entry script by spark-submit against ``cluster`` while polling the driver's REST API; returns rc, watch, seconds, log."""
+def spark_submit(cluster, submission, args: list[str], log: Path, timeout_s: float, archive: Path | None = None) -> SimpleNamespace:
+    """Run the entry script by spark-submit against ``cluster`` while polling the driver's REST API; returns rc, watch, seconds, log.
+
+    With ``archive`` (``make dist-env``'s packed environment) the code travels in it instead of the ``--py-files`` zip.
+    """
     from jobs.spark import delta_jars_dir
 
     ui = free_port()
-    cmd = submit_command(str(spark_bin()), cluster.port, str(delta_jars_dir()), str(submission.python), ui, args)
+    spark, jars = str(spark_bin()), str(delta_jars_dir())
+    if archive is None:
+        cmd = submit_command(spark, cluster.port, jars, str(submission.python), ui, args)
+    else:
+        cmd = submit_packed_command(spark, cluster.port, jars, str(submission.python), ui, str(archive), args)
     watch = ExecutorWatch(ui)
     watch.start()
     started = time.monotonic()
@@ -134,6 +146,30 @@ def cluster_pipeline(standalone_cluster, submission, tmp_path_factory: pytest.Te
     return run
 
 
+def assert_tables_equal_local_mode(spark, root: Path, trained: SimpleNamespace) -> None:
+    """The cluster run under ``root`` holds exactly the local-mode run's data tables, a prediction per user and every task's metrics.
+
+    The local-mode run is the suite's shared ``trained`` run (the test session, local[2]). Its data stages (generate ...
+    features) have the settings of PIPELINE_SETS; only training differs (one process, 2 epochs), and the data tables do not
+    depend on it (gold's file count follows train_ranks, its rows do not).
+    """
+    from jobs.catalog import TABLES, catalog
+    from jobs.config import load_config
+
+    remote, here = catalog(load_config("cluster", REPO / "conf", [f"app.data_root={root}", *PIPELINE_SETS])), catalog(trained.cfg)
+    exists = {name: Path(remote.table(name).location).is_dir() for name in TABLES}
+    assert {n for n, e in exists.items() if e} == {*DETERMINISTIC, *MODEL_OUTPUTS} - {"quarantine"}, exists  # generated data: nothing quarantined
+    for name in DETERMINISTIC:
+        if exists[name]:
+            assert table_checksum(spark, remote.table(name).location) == table_checksum(spark, here.table(name).location), name
+    # Model outputs: one prediction per user of silver, and the evaluation's rows keyed by what the data decides.
+    users = spark.read.format("delta").load(here.table("silver_events").location).select("user_id").distinct().count()
+    preds = spark.read.format("delta").load(remote.table("predictions_latest").location)
+    assert preds.count() == preds.select("user_id").distinct().count() == users
+    metrics = spark.read.format("delta").load(remote.table("metrics").location)
+    assert {r["task"] for r in metrics.select("task").distinct().collect()} == {"next_item", "next_action", "purchase", "churn"}
+
+
 def _failed(run: SimpleNamespace, cluster) -> str:
     """The assertion message of a failed submit: its exit code and time, the driver's log tail, the cluster's logs and executor errors."""
     return f"spark-submit exited {run.rc} after {run.seconds:.0f} s\n{tail(run.log, 6000)}\n{cluster.log_tails()}"
@@ -147,7 +183,7 @@ def _failed(run: SimpleNamespace, cluster) -> str:
 def test_cluster_pipeline_equals_local_mode(launcher, standalone_cluster, submission, cluster_pipeline, trained, spark, tmp_path):  # noqa: F811
     from pyspark.sql import functions as F
 
-    from jobs.catalog import TABLES, catalog
+    from jobs.catalog import catalog
     from jobs.config import TrainConfig, load_config, type_hints
 
     run = cluster_pipeline
@@ -157,21 +193,7 @@ def test_cluster_pipeline_equals_local_mode(launcher, standalone_cluster, submis
         # Both executors ran tasks (Spark's REST API on the driver's UI, polled during the run).
         busy = run.watch.executors_with_tasks()
         assert len(busy) == 2, (run.watch.tasks, run.watch.hosts, run.watch.errors)
-        # The same data config in local mode: the suite's shared `trained` run (the test session, local[2]). Its data stages
-        # (generate ... features) have the settings of PIPELINE_SETS; only training differs (one process, 2 epochs), and the
-        # data tables do not depend on it (gold's file count follows train_ranks, its rows do not).
-        remote, here = catalog(cluster_cfg), catalog(trained.cfg)
-        exists = {name: Path(remote.table(name).location).is_dir() for name in TABLES}
-        assert {n for n, e in exists.items() if e} == {*DETERMINISTIC, *MODEL_OUTPUTS} - {"quarantine"}, exists  # generated data: nothing quarantined
-        for name in DETERMINISTIC:
-            if exists[name]:
-                assert table_checksum(spark, remote.table(name).location) == table_checksum(spark, here.table(name).location), name
-        # Model outputs: one prediction per user of silver, and the evaluation's rows keyed by what the data decides.
-        users = spark.read.format("delta").load(here.table("silver_events").location).select("user_id").distinct().count()
-        preds = spark.read.format("delta").load(remote.table("predictions_latest").location)
-        assert preds.count() == preds.select("user_id").distinct().count() == users
-        metrics = spark.read.format("delta").load(remote.table("metrics").location)
-        assert {r["task"] for r in metrics.select("task").distinct().collect()} == {"next_item", "next_action", "purchase", "churn"}
+        assert_tables_equal_local_mode(spark, run.root, trained)
         return
     choices = type_hints(TrainConfig)["launcher"].__args__
     if launcher not in choices:
@@ -193,3 +215,38 @@ def test_cluster_pipeline_equals_local_mode(launcher, standalone_cluster, submis
     by_model = {r["model_version"]: (r["n"], r["users"]) for r in spark.read.format("delta").load(catalog(cluster_cfg).table("predictions").location)
                 .groupBy("model_version").agg(F.count(F.lit(1)).alias("n"), F.countDistinct("user_id").alias("users")).collect()}  # fmt: skip
     assert len(by_model) == 2 and len(set(by_model.values())) == 1 and all(n == u > 0 for n, u in by_model.values()), by_model
+
+
+# --------------------------------------------------------------------------- the packed environment (make dist-env)
+
+
+@pytest.fixture(scope="session")
+def packed_env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """``make dist-env``'s archive and venv, and a submit folder holding only the entry script; skips without them.
+
+    The archive holds torch's CUDA build (several GB, minutes to pack), so ``make test`` does not build it: run
+    ``make dist-env`` first. It packs the code of the commit it was built from, not of the working tree.
+    """
+    driver = ENV_VENV / "bin" / "python"
+    if not (ENV_PACK.is_file() and driver.is_file()):
+        pytest.skip(f"no packed environment ({ENV_PACK.relative_to(REPO)}): `make dist-env` builds it (several GB; not part of make test)")
+    folder = tmp_path_factory.mktemp("submit-packed")
+    (folder / "jobs").mkdir()
+    shutil.copy2(REPO / ENTRY, folder / ENTRY)
+    return SimpleNamespace(python=driver, folder=folder, archive=ENV_PACK)
+
+
+@pytest.mark.e2e
+@pytest.mark.cluster
+@pytest.mark.horovod
+@pytest.mark.timeout(2400)
+def test_packed_environment_runs_the_pipeline_without_py_files(packed_env, standalone_cluster, trained, spark, tmp_path):  # noqa: F811
+    """`--archives dist/shopseq-0.1.0-env.tar.gz#environment` alone carries the code: Python workers and Horovod's ranks run ``./environment/bin/python``."""
+    root = tmp_path / "data"
+    run = spark_submit(standalone_cluster, packed_env, pipeline_args(str(root)), tmp_path / "submit.log", timeout_s=1500, archive=packed_env.archive)
+    assert run.rc == 0, _failed(run, standalone_cluster)
+    assert len(run.watch.executors_with_tasks()) == 2, (run.watch.tasks, run.watch.errors)
+    # Each executor unpacked the archive in its working directory (<worker>/<app id>/<executor id>/environment).
+    unpacked = sorted(standalone_cluster.root.glob(f"worker*/{run.watch.app_id}/*/{PACKED_PYTHON[2:]}"))
+    assert len(unpacked) == 2, unpacked
+    assert_tables_equal_local_mode(spark, root, trained)
