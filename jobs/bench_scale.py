@@ -152,9 +152,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# bench scale (Spark {report['spark']['master']}, {cores} cores)",
         "",
-        provenance_line(report, "scale"),
+        provenance_line(report, "scale", report_name(report["spark"]["master"])),
         "",
-        "| events | stage | rows in | wall s | rows/s/core | peak RSS GiB |",
+        # Under spark-submit the driver's JVM starts the Python process and executors are their workers' children: the sampled
+        # process tree is the driver's Python alone.
+        f"| events | stage | rows in | wall s | rows/s/core | {'peak RSS GiB' if report['spark']['master'].startswith('local') else 'peak RSS GiB of the driver Python'} |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -185,11 +187,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_name(master: str) -> str:
+    """``scale`` for a ``local[n]`` run, ``scale_cluster`` for one on a cluster master: the two reports sit side by side."""
+    return "scale" if master.startswith("local") else "scale_cluster"
+
+
 def bench_scale(
     spark: SparkSession, cfg: Config, sizes: list[int] | tuple[int, ...] = DEFAULT_SIZES, target_events: float = 1e9, window_hours: float = 2.0,
     regenerate: bool = False, docs: Path | None = None, warmup: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run every size, fit each stage, project; write ``reports/bench_scale.{md,json}`` (also into ``docs``) and return the report.
+    """Run every size, fit each stage, project; write ``reports/bench_<report_name>.{md,json}`` (also into ``docs``) and return the report.
 
     ``warmup``: events of an untimed first pass (default half the smallest size, at most :data:`WARMUP_EVENTS`; 0: none).
     """
@@ -212,6 +219,7 @@ def bench_scale(
     } | provenance(cfg.spark)
     report["spark"]["master"] = spark.sparkContext.master  # the master this run had (spark-submit may set it)
     out_dirs = [catalog(cfg).reports] + ([docs] if docs else [])
-    md = write_report("scale", report, render_markdown, out_dirs)
-    log.info("bench scale results (%s/bench_scale.md):\n%s", out_dirs[0], md)
+    name = report_name(report["spark"]["master"])
+    md = write_report(name, report, render_markdown, out_dirs)
+    log.info("bench scale results (%s/bench_%s.md):\n%s", out_dirs[0], name, md)
     return report

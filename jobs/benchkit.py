@@ -201,14 +201,17 @@ def provenance(spark: Any = None) -> dict[str, Any]:
     }
 
 
-def provenance_line(report: dict[str, Any], name: str) -> str:
-    """The line every generated page starts with: where its numbers come from, and how to regenerate it."""
+def provenance_line(report: dict[str, Any], name: str, report_name: str | None = None) -> str:
+    """The line every generated page starts with: where its numbers come from, and how to regenerate it.
+
+    ``name``: the benchmark (``shopseq bench <name>``); ``report_name``: its report's name when it differs (``bench_<report_name>.json``).
+    """
     load = " ".join(f"{x:.1f}" for x in report.get("load_average", []))
     return (
         f"Measured on shopseq {report.get('version')} (commit {report.get('commit')}), {report.get('created')}, {report.get('machine')}; "
         f"load average at the end {load}."
         + (f" Spark {sp['master']}, {sp['shuffle_partitions']} shuffle partitions, driver memory {sp['driver_memory']}." if (sp := report.get("spark")) else "")
-        + f" Generated from `bench_{name}.json` by `shopseq bench {name} ... --docs DIR` "
+        + f" Generated from `bench_{report_name or name}.json` by `shopseq bench {name} ... --docs DIR` "
         "(or `shopseq bench render --docs DIR`): do not edit by hand."
     )
 

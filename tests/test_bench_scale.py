@@ -48,6 +48,27 @@ def test_a_falling_line_projects_with_the_largest_size_s_rate():
     assert s["scaling_ratio"] == (4000 / 16.0 / 2) / (1000 / 20.0 / 2) == 5.0
 
 
+def test_a_cluster_run_has_its_own_report_and_says_its_rss_is_the_driver_python_s():
+    from jobs.bench import RENDERERS
+    from jobs.bench_scale import render_markdown, report_name
+
+    assert [report_name(m) for m in ("local[2]", "local[*]", "spark://127.0.0.1:7077", "yarn", "k8s://https://api:6443")] == [
+        "scale", "scale", "scale_cluster", "scale_cluster", "scale_cluster",
+    ]  # fmt: skip
+    assert RENDERERS["scale"] == RENDERERS["scale_cluster"] == "jobs.bench_scale"
+    stage = {"rows": 10, "seconds": 1.0, "rows_per_s_per_core": 5.0, "peak_rss_bytes": 2**30}
+    fit = {"fixed_s": 0.0, "marginal_rows_per_s_per_core": 5.0, "rows_per_event": 1.0, "scaling_ratio": 1.0}
+    projection = {"target_events": 1e9, "window_hours": 2.0, "core_hours": 1.0, "cores_for_window": 1, "fixed_s": 0.0, "wall_hours_on_cores": {"8": 0.1}}
+    report = {"benchmark": "scale", "cores": 2, "results": [{"events": 10, "stages": dict.fromkeys(("ingest", "sessionize", "features"), stage)}],
+              "stages": dict.fromkeys(("ingest", "sessionize", "features"), fit), "projection": projection, "assumptions": []}  # fmt: skip
+    for master, header in (("local[2]", "| peak RSS GiB |"), ("spark://127.0.0.1:7077", "| peak RSS GiB of the driver Python |")):
+        report["spark"] = {"master": master, "shuffle_partitions": 64, "driver_memory": "4g"}
+        page = render_markdown(report)
+        table_header = next(line for line in page.splitlines() if line.startswith("| events |"))
+        assert table_header.endswith(header) and table_header.count("RSS") == 1
+        assert f"Generated from `bench_{report_name(master)}.json` by `shopseq bench scale ... --docs DIR`" in page
+
+
 @pytest.mark.e2e
 def test_bench_scale_times_each_stage_on_what_the_tables_hold(spark, tmp_path):
     from jobs.bench import main
