@@ -89,8 +89,19 @@ def worker_command(spark: str, master_port: int, webui: int, work_dir: str) -> l
     ]  # fmt: skip
 
 
+def _submit(spark: str, master_port: int, jars: str, conf: list[str], ship: list[str], args: list[str]) -> list[str]:
+    """spark-submit of :data:`ENTRY` in client mode: Delta's JARs, ``conf``, how the code travels (``ship``), one core per executor."""
+    return [
+        f"{spark}/spark-submit", "--master", f"spark://127.0.0.1:{master_port}",
+        "--jars", ",".join(f"{jars}/{j}" for j in DELTA_JARS),
+        *(a for c in conf for a in ("--conf", c)),
+        *ship, "--total-executor-cores", str(WORKERS * WORKER_CORES), "--executor-cores", str(WORKER_CORES),
+        ENTRY, *args,
+    ]  # fmt: skip
+
+
 def submit_command(spark: str, master_port: int, jars: str, python: str, ui_port: int, args: list[str]) -> list[str]:
-    """spark-submit in client mode: Delta's JARs, ``python`` for driver and executors, the UI's port, the ``--py-files`` zip, one core per executor."""
+    """spark-submit with ``python`` for driver and executors, the UI's port and the ``--py-files`` zip."""
     conf = [
         *DELTA_SQL, f"spark.pyspark.python={python}", f"spark.pyspark.driver.python={python}",
         # Horovod's ranks are processes of their own, started in the executor's working directory where Spark fetched the zip:
@@ -98,17 +109,11 @@ def submit_command(spark: str, master_port: int, jars: str, python: str, ui_port
         f"spark.executorEnv.PYTHONPATH={Path(PYFILES).name}",
         f"spark.ui.port={ui_port}",
     ]  # fmt: skip
-    return [
-        f"{spark}/spark-submit", "--master", f"spark://127.0.0.1:{master_port}",
-        "--jars", ",".join(f"{jars}/{j}" for j in DELTA_JARS),
-        *(a for c in conf for a in ("--conf", c)),
-        "--py-files", PYFILES, "--total-executor-cores", str(WORKERS * WORKER_CORES), "--executor-cores", str(WORKER_CORES),
-        ENTRY, *args,
-    ]  # fmt: skip
+    return _submit(spark, master_port, jars, conf, ["--py-files", PYFILES], args)
 
 
 def submit_packed_command(spark: str, master_port: int, jars: str, driver_python: str, ui_port: int, archive: str, args: list[str]) -> list[str]:
-    """spark-submit in client mode with ``make dist-env``'s packed environment instead of ``--py-files``.
+    """spark-submit with ``make dist-env``'s packed environment instead of ``--py-files``.
 
     Spark unpacks ``archive`` as ``./environment`` in each executor's working
     directory; the executors' Python workers and Horovod's ranks run
@@ -116,13 +121,7 @@ def submit_packed_command(spark: str, master_port: int, jars: str, driver_python
     The driver (client mode) needs a local Python with shopseq: ``driver_python``.
     """
     conf = [*DELTA_SQL, f"spark.pyspark.python={PACKED_PYTHON}", f"spark.pyspark.driver.python={driver_python}", f"spark.ui.port={ui_port}"]
-    return [
-        f"{spark}/spark-submit", "--master", f"spark://127.0.0.1:{master_port}",
-        "--jars", ",".join(f"{jars}/{j}" for j in DELTA_JARS),
-        *(a for c in conf for a in ("--conf", c)),
-        "--archives", f"{archive}#environment", "--total-executor-cores", str(WORKERS * WORKER_CORES), "--executor-cores", str(WORKER_CORES),
-        ENTRY, *args,
-    ]  # fmt: skip
+    return _submit(spark, master_port, jars, conf, ["--archives", f"{archive}#environment"], args)
 
 
 def pipeline_args(data_root: str, env: str = "cluster") -> list[str]:
