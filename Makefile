@@ -121,7 +121,7 @@ dist-env: dist
 	$$pip install -q -c constraints.txt torch==$(TORCH_VERSION); \
 	$$pip install -q -c constraints.txt "$(WHEEL)[$(DIST_ENV_EXTRAS)]" cloudpickle psutil pyyaml packaging cffi; \
 	$$pip install -q --no-deps $(WHEEL_CACHE)/horovod-$(HOROVOD_VERSION)-*.whl; \
-	$(DIST_ENV_VENV)/bin/python -c "import jobs.config, training.model, horovod.torch, pyspark, delta; jobs.config.load_config('cluster')"; \
+	$(DIST_ENV_VENV)/bin/python -c "import shopseq.jobs.config, shopseq.training.model, horovod.torch, pyspark, delta; shopseq.jobs.config.load_config('cluster')"; \
 	$(PIP) install -q venv-pack==$(VENV_PACK_VERSION); \
 	$(VENV)/bin/venv-pack -p $(DIST_ENV_VENV) -o $(ENV_PACK) $(if $(DIST_ENV_PYTHON_PREFIX),--python-prefix $(DIST_ENV_PYTHON_PREFIX)); \
 	ls -l $(ENV_PACK)

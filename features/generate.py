@@ -141,7 +141,7 @@ from datetime import datetime, timezone
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from features.params import ConfigError, GenerateConfig
+from shopseq.features.params import ConfigError, GenerateConfig
 
 EVENT_TYPES: tuple[str, ...] = ("view", "fav", "cart", "purchase")
 EVENT_COLUMNS: list[str] = ["user_id", "item_id", "category_id", "event_type", "event_time", "price", "brand", "session_hint"]

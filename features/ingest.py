@@ -1,8 +1,8 @@
 """Ingest, raw -> bronze: pure DataFrame-in/DataFrame-out transforms (no session, no I/O, no actions).
 
-The source reader (:mod:`jobs.sources`) hands over either physical lines
+The source reader (:mod:`shopseq.jobs.sources`) hands over either physical lines
 (``value`` + ``input_file``, for CSV and JSON lines) or typed rows (Parquet).
-A source is described by a :class:`~jobs.config.SourceConfig` (a preset or a
+A source is described by a :class:`~shopseq.jobs.config.SourceConfig` (a preset or a
 ``generic`` config); every step here is driven by that data.
 
 Steps, chained with ``DataFrame.transform`` (:func:`classify_raw` runs them all):
@@ -81,8 +81,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.schema import EVENT_COLUMNS, EVENT_TYPES
-from features.params import ConfigError, IngestConfig, SourceConfig
+from shopseq.features.schema import EVENT_COLUMNS, EVENT_TYPES
+from shopseq.features.params import ConfigError, IngestConfig, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def parse_time(value: Column, source: SourceConfig) -> Column:
         micros = (value.cast("decimal(18,3)") * F.lit(1_000)).cast("long")
         return F.when(value.rlike(_UNIX_MS), F.timestamp_micros(micros))
     if source.time_format == "string":
-        # try_to_timestamp: a non-matching value is null (under ANSI too); needs timeParserPolicy CORRECTED (jobs/ingest.py).
+        # try_to_timestamp: a non-matching value is null (under ANSI too); needs timeParserPolicy CORRECTED (jobs/stages/ingest.py).
         return F.try_to_timestamp(value, F.lit(source.time_pattern))
     return F.try_to_timestamp(value)
 
@@ -515,7 +515,7 @@ def mark_outcomes(events: DataFrame, existing_keys: DataFrame) -> DataFrame:
 
 
 def bronze_rows(marked: DataFrame) -> DataFrame:
-    """The accepted events in :data:`features.schema.EVENT_COLUMNS`. Needs: outcome + the event columns."""
+    """The accepted events in :data:`shopseq.features.schema.EVENT_COLUMNS`. Needs: outcome + the event columns."""
     return marked.where(F.col("outcome") == "accepted").select(*EVENT_COLUMNS)
 
 
@@ -550,7 +550,7 @@ def to_bronze(raw: DataFrame, ingest: IngestConfig, source: SourceConfig, ingest
     """Raw reader output -> valid events in bronze columns, deduplicated within the input (no table look-ups).
 
     For callers without tables (the benchmark): ``source`` is the resolved
-    source (:func:`jobs.sources.resolve_source`), e.g. the ``generated`` preset
+    source (:func:`shopseq.jobs.sources.resolve_source`), e.g. the ``generated`` preset
     with ``raw`` the generator's Parquet rows. Needs: the source's columns.
     Returns: EVENT_COLUMNS.
     """

@@ -1,7 +1,7 @@
 """Labels at each cutoff: next item and event type, purchase within H_p, churn within H_c.
 
 Labels use only events strictly after ``cutoff_time`` (see
-:mod:`features.sequences`: every event after a cutoff's anchor is later than
+:mod:`shopseq.features.sequences`: every event after a cutoff's anchor is later than
 the cutoff).
 
 * ``next_item_idx``, ``next_event_type_idx``: the first event after the cutoff
@@ -29,7 +29,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from features.params import FeaturesConfig
+from shopseq.features.params import FeaturesConfig
 
 LABEL_COLUMNS: list[str] = [
     "next_item_idx",

@@ -1,7 +1,7 @@
-"""The features layer's parameter objects: what its transforms take, validated by :mod:`jobs.config`.
+"""The features layer's parameter objects: what its transforms take, validated by :mod:`shopseq.jobs.config`.
 
 They live here, with the transforms, so that ``features/`` never imports
-``jobs/`` (imports point down only). :func:`jobs.config.load_config` builds
+``jobs/`` (imports point down only). :func:`shopseq.jobs.config.load_config` builds
 them from the YAML layers; a test or a notebook can also build one directly.
 
 Every key is declared with :func:`setting`: its default (``conf/base.yaml``

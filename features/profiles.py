@@ -3,7 +3,7 @@
 Every value uses only the user's events up to and including the row (a
 growing ``rows unbounded preceding .. current row`` frame, incremental in
 Spark: O(n) per user). At a cutoff row (the anchor, see
-:mod:`features.sequences`) that is exactly the cutoff's feature events.
+:mod:`shopseq.features.sequences`) that is exactly the cutoff's feature events.
 
 * ``recency_s``: seconds from the last feature event to ``cutoff_time``. It is
   0 for ``session_end`` and ``stride`` cutoffs (the cutoff *is* the last

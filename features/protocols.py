@@ -18,7 +18,7 @@ split and vocabulary keys is here:
   the job repeats rounds until one removes nothing (the fixed point is the
   unique largest subset in which every entity and item keeps its threshold,
   whatever the order of removals). The loop needs an action per round, so it
-  lives in ``jobs/build_features.py``; one round is pure.
+  lives in ``jobs/stages/build_features.py``; one round is pure.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Each user's latest window as of a time: the model inputs of batch predictions (silver -> windows).
 
 The latest window of a user as of ``as_of`` is the example the gold builder
-(:func:`features.sequences.build_examples`) would cut at the user's last event
+(:func:`shopseq.features.sequences.build_examples`) would cut at the user's last event
 strictly before ``as_of``, computed with the same functions (vocabulary join,
 event order, per-event features, profiles, arrays), so scoring sees exactly
 what training saw:
@@ -11,7 +11,7 @@ what training saw:
 * **Anchor.** The user's last such event (in the sessionizer's total order).
   Users without an event before ``as_of`` get no row.
 * **Cutoff time.** As ``features.cutoff`` defines it for an anchor
-  (:func:`features.sequences.anchor_cutoff_us`): the anchor's own time for
+  (:func:`shopseq.features.sequences.anchor_cutoff_us`): the anchor's own time for
   ``session_end`` and ``stride`` (so ``recency_s`` is 0, as in training), the
   end of the anchor's UTC day for ``daily``, capped at ``as_of - 1us`` (a
   snapshot never looks past ``as_of``).
@@ -32,16 +32,16 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from features.profiles import add_profiles
-from features.sequences import add_event_features, add_sequence_arrays, anchor_cutoff_us, gold_columns, gold_expr, order_events, user_window
-from features.vocab import apply_vocab
-from features.params import FeaturesConfig
+from shopseq.features.profiles import add_profiles
+from shopseq.features.sequences import add_event_features, add_sequence_arrays, anchor_cutoff_us, gold_columns, gold_expr, order_events, user_window
+from shopseq.features.vocab import apply_vocab
+from shopseq.features.params import FeaturesConfig
 
 KEY_COLUMNS: list[str] = ["user_id", "cutoff_time"]
 
 
 def window_columns(cfg: FeaturesConfig) -> list[dict[str, Any]]:
-    """The gold columns a model reads for one window (sequences, seq_len, profiles), as in :func:`features.sequences.gold_columns`."""
+    """The gold columns a model reads for one window (sequences, seq_len, profiles), as in :func:`shopseq.features.sequences.gold_columns`."""
     return [c for c in gold_columns(cfg) if c["role"] in ("sequence", "profile")]
 
 
@@ -63,7 +63,7 @@ def mark_latest(events: DataFrame, cfg: FeaturesConfig, as_of_us: int) -> DataFr
 def latest_windows(events: DataFrame, vocab: DataFrame, cfg: FeaturesConfig, as_of_us: int, price_mean: float | None, price_std: float | None) -> DataFrame:
     """Silver events -> one row per user: the window ending at the user's last event before ``as_of``.
 
-    Needs: the columns of :func:`features.sequences.prepare_events` (apply it
+    Needs: the columns of :func:`shopseq.features.sequences.prepare_events` (apply it
     first); ``vocab`` with kind, token, index (the model's vocabulary).
     Returns: :data:`KEY_COLUMNS` + :func:`window_columns` (gold dtypes).
     """

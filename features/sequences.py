@@ -40,7 +40,7 @@ Definitions (the contract tests/test_features.py pins down):
   real events (``min(L, user_pos + 1)`` at the anchor). Integer columns use 0
   only for padding: ``item_idx_seq``, ``category_idx_seq``,
   ``event_type_idx_seq`` (vocabulary indexes, 1 = OOV, see
-  :mod:`features.vocab`), ``dt_bucket_seq`` (time since the user's previous
+  :mod:`shopseq.features.vocab`), ``dt_bucket_seq`` (time since the user's previous
   event, before the window or not: 1 = no previous event, else
   ``2 + floor(log2(1 + whole seconds))`` capped at ``time_buckets - 1``),
   ``hour_seq`` (UTC hour + 1, 1..24), ``dow_seq`` (ISO weekday, 1 = Monday ..
@@ -58,8 +58,8 @@ Definitions (the contract tests/test_features.py pins down):
   O(n^2): no unbounded-following frames, no self-joins. A user's events must
   fit one task's sort (it spills to disk when they are not in memory).
 
-Labels are in :mod:`features.labels`, profiles in :mod:`features.profiles`,
-splits in :mod:`features.splits`; :func:`build_examples` chains them all.
+Labels are in :mod:`shopseq.features.labels`, profiles in :mod:`shopseq.features.profiles`,
+splits in :mod:`shopseq.features.splits`; :func:`build_examples` chains them all.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 
-from features.labels import LABEL_COLUMNS, add_labels
-from features.profiles import PROFILE_COLUMNS, PROFILE_DTYPES, add_profiles
-from features.splits import ENTITY_START, SplitBounds, add_split_keys, assign_split, train_range
-from features.vocab import PAD_INDEX, apply_vocab
-from features.params import FeaturesConfig
+from shopseq.features.labels import LABEL_COLUMNS, add_labels
+from shopseq.features.profiles import PROFILE_COLUMNS, PROFILE_DTYPES, add_profiles
+from shopseq.features.splits import ENTITY_START, SplitBounds, add_split_keys, assign_split, train_range
+from shopseq.features.vocab import PAD_INDEX, apply_vocab
+from shopseq.features.params import FeaturesConfig
 
 US_PER_S = 1_000_000
 US_PER_DAY = 86_400 * US_PER_S
@@ -249,7 +249,7 @@ def examples_at_cutoffs(events: DataFrame, by_position: bool = False) -> DataFra
     anchor's ``user_pos``.
     Needs: is_cutoff, user_id, cutoff_time (user_pos with ``by_position``) and the example columns.
     Returns: :data:`EXAMPLE_COLUMNS` without ``split`` (plus ``event_time_seq`` and
-    :data:`features.splits.ENTITY_START` when present).
+    :data:`shopseq.features.splits.ENTITY_START` when present).
     """
     keep = [c for c in EXAMPLE_COLUMNS if c not in ("example_id", "split")]
     keep += [c for c in (DEBUG_TIMES, ENTITY_START) if c in events.columns]
@@ -258,7 +258,7 @@ def examples_at_cutoffs(events: DataFrame, by_position: bool = False) -> DataFra
 
 
 def train_events(events: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) -> DataFrame:
-    """The train-range events that vocabularies and price statistics are fit on (:func:`features.splits.train_range`).
+    """The train-range events that vocabularies and price statistics are fit on (:func:`shopseq.features.splits.train_range`).
 
     Needs: :data:`INPUT_COLUMNS`. Returns the train-range rows (plus helper columns for ``leave_last_out``).
     """

@@ -41,8 +41,8 @@ from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.schema import EVENT_COLUMNS, EVENT_SCHEMA, EVENT_TYPES
-from features.params import SessionizeConfig
+from shopseq.features.schema import EVENT_COLUMNS, EVENT_SCHEMA, EVENT_TYPES
+from shopseq.features.params import SessionizeConfig
 
 FUNNEL_ORDER: tuple[str, ...] = EVENT_TYPES  # view < fav < cart < remove_from_cart < purchase
 SESSION_COLUMNS: list[str] = ["session_id", "session_index", "event_index", "is_bot_suspect"]
@@ -183,7 +183,7 @@ def number_sessions(events: DataFrame, cfg: SessionizeConfig) -> DataFrame:
 def sessionize(events: DataFrame, cfg: SessionizeConfig) -> DataFrame:
     """Bronze events -> events with sessions, bot flags and repeat flags (nothing dropped).
 
-    Needs: the bronze columns (features.schema.EVENT_SCHEMA); at least user_id,
+    Needs: the bronze columns (shopseq.features.schema.EVENT_SCHEMA); at least user_id,
     event_time, event_type, item_id, event_id (+ source_session_id in source
     mode). Adds: session_id, session_index, event_index, is_bot_suspect,
     is_removed_repeat. :func:`silver_events` keeps the rows that are not removed;

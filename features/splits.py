@@ -16,7 +16,7 @@ so no purchase or churn window of a train (val) example reaches past ``b1``
 (``b2``). The next-event label has no horizon; where a train (val) example's
 next event falls after ``b1`` (``b2``) it is masked too (NULL,
 ``next_label_mask`` 0). Test label windows run up to the end of the data and
-are censored there (:mod:`features.labels`). The train time range, on which
+are censored there (:mod:`shopseq.features.labels`). The train time range, on which
 vocabularies and price statistics are fit, is ``event_time <= b1``: every
 event a train example sees, features and labels.
 
@@ -57,8 +57,8 @@ from typing import Any
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from features.labels import horizon_us
-from features.params import ConfigError, FeaturesConfig
+from shopseq.features.labels import horizon_us
+from shopseq.features.params import ConfigError, FeaturesConfig
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 ENTITY_START = "_entity_start_us"  # last_days: helper column, each entity's first event time (epoch microseconds)
@@ -123,7 +123,7 @@ def train_range(events: DataFrame, cfg: FeaturesConfig, bounds: SplitBounds) -> 
     """The events of the train range (see the module docstring): what vocabularies and price stats are fit on.
 
     Needs: event_time; for ``leave_last_out`` also user_id, user_pos, is_cutoff
-    (:func:`features.sequences.mark_cutoffs`); for ``last_days``
+    (:func:`shopseq.features.sequences.mark_cutoffs`); for ``last_days``
     :data:`ENTITY_START` (:func:`add_split_keys`; dropped here). Returns the same columns, fewer rows.
     """
     if cfg.split == "temporal":

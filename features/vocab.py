@@ -10,7 +10,7 @@ Rules (pinned by tests/test_features.py):
 * **Frequency cut-off.** A token seen fewer than ``min_<kind>_count`` times in
   the fitting events is not indexed and maps to OOV.
 * **Fitting range.** Fit on the train time range only (see
-  :func:`features.splits.train_range`); ids first seen later (validation, test,
+  :func:`shopseq.features.splits.train_range`); ids first seen later (validation, test,
   scoring) map to OOV. A null ``category_id`` maps to OOV too.
 * **Version.** ``vocab_version`` is a content fingerprint (16 hex chars of
   SHA-256 over the row count and an order-independent sum of per-row
@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.params import FeaturesConfig
+from shopseq.features.params import FeaturesConfig
 
 PAD_INDEX = 0
 OOV_INDEX = 1

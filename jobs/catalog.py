@@ -4,7 +4,7 @@ Everything shopseq writes lives under ``app.data_root`` unless config moves it.
 The artifacts the driver and the training ranks exchange live under the
 *artifact root*: ``app.artifact_root`` when set (a folder, or a URI such as
 ``s3://bucket/prefix`` that every process can reach), else the data root.
-They are read and written through :mod:`training.storage` (local folders and
+They are read and written through :mod:`shopseq.training.storage` (local folders and
 object storage alike):
 
 =========================  ==============================================  ==============================
@@ -32,7 +32,7 @@ benchmark work folders     ``<data_root>/bench/<name>/...``
 
 ``<artifacts>`` is :attr:`Catalog.artifacts`. A local artifact path keeps the
 form it was given (relative stays relative) except where the table says absolute.
-Tables are resolved by :func:`jobs.tables.table_ref` (a path, or a
+Tables are resolved by :func:`shopseq.jobs.tables.table_ref` (a path, or a
 ``catalog.schema.name`` in Unity Catalog); the catalog delegates to it.
 Jobs ask a :class:`Catalog` (``catalog(cfg)``) for a location instead of
 joining paths onto the data root themselves.
@@ -43,9 +43,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from jobs.config import Config, TablesConfig
-from jobs.tables import TableRef, table_ref
-from training import storage
+from shopseq.jobs.config import Config, TablesConfig
+from shopseq.jobs.tables import TableRef, table_ref
+from shopseq.training import storage
 
 # --------------------------------------------------------------------------- tables, in pipeline order
 
@@ -76,7 +76,7 @@ class Catalog:
     """Every location of one data root, with the config keys that move some of them.
 
     ``Catalog("shopseq-data")`` gives the defaults; :func:`catalog` builds one
-    from a :class:`~jobs.config.Config` (``app.artifact_root``, ``tables.*``,
+    from a :class:`~shopseq.jobs.config.Config` (``app.artifact_root``, ``tables.*``,
     ``train.checkpoint_dir``, ``train.mlflow_tracking_uri``, ``evaluate.report_dir``).
     """
 
@@ -107,7 +107,7 @@ class Catalog:
 
     # ------------------------------------------------------------------ tables
     def table(self, name: str) -> TableRef:
-        """Where table ``name`` lives (:func:`jobs.tables.table_ref`: a path or a Unity Catalog name)."""
+        """Where table ``name`` lives (:func:`shopseq.jobs.tables.table_ref`: a path or a Unity Catalog name)."""
         return table_ref(self.tables, name, self.data_root)
 
     # ------------------------------------------------------------------ features

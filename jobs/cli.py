@@ -10,20 +10,20 @@ import argparse
 import importlib
 import sys
 
-from jobs.config import DefaultsHelpFormatter
+from shopseq.jobs.config import DefaultsHelpFormatter
 
 # stage -> (module with main(argv), one-line help)
 STAGES: dict[str, tuple[str, str]] = {
-    "generate": ("jobs.generate", "write the synthetic event dataset (the embedded default input)"),
-    "ingest": ("jobs.ingest", "raw events -> validated bronze table + quarantine (raw -> bronze)"),
-    "sessionize": ("jobs.sessionize", "bronze -> sessionized silver events and a sessions table"),
-    "features": ("jobs.build_features", "silver -> point-in-time sequence examples, labels, profiles (gold)"),
-    "train": ("jobs.train", "train the multi-task sequence model with Horovod"),
-    "evaluate": ("jobs.evaluate", "evaluate the model against baselines; metrics table and report"),
-    "predict": ("jobs.predict", "batch predictions back to Delta"),
-    "run": ("jobs.run", "the whole pipeline, generate -> predict, in one command"),
-    "bench": ("jobs.bench", "benchmarks reported as ratios against a reference in the same run"),
-    "config": ("jobs.config", "validate the config layers without Spark and print them (--reference: the key reference)"),
+    "generate": ("shopseq.jobs.stages.generate", "write the synthetic event dataset (the embedded default input)"),
+    "ingest": ("shopseq.jobs.stages.ingest", "raw events -> validated bronze table + quarantine (raw -> bronze)"),
+    "sessionize": ("shopseq.jobs.stages.sessionize", "bronze -> sessionized silver events and a sessions table"),
+    "features": ("shopseq.jobs.stages.build_features", "silver -> point-in-time sequence examples, labels, profiles (gold)"),
+    "train": ("shopseq.jobs.stages.train", "train the multi-task sequence model with Horovod"),
+    "evaluate": ("shopseq.jobs.stages.evaluate", "evaluate the model against baselines; metrics table and report"),
+    "predict": ("shopseq.jobs.stages.predict", "batch predictions back to Delta"),
+    "run": ("shopseq.jobs.stages.run", "the whole pipeline, generate -> predict, in one command"),
+    "bench": ("shopseq.jobs.bench.cli", "benchmarks reported as ratios against a reference in the same run"),
+    "config": ("shopseq.jobs.config", "validate the config layers without Spark and print them (--reference: the key reference)"),
 }
 
 

@@ -6,7 +6,7 @@ A stage is written as::
         return run_stage(build_parser(), argv, _run)
 
 so the same function serves the ``shopseq`` console script, ``spark-submit
-jobs/<stage>.py`` and a Databricks ``python_wheel_task``, and tests call it with
+jobs/stages/<stage>.py`` and a Databricks ``python_wheel_task``, and tests call it with
 an argument list.
 """
 
@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 
 from pyspark.sql import SparkSession
 
-from jobs.config import Config, ConfigError, DefaultsHelpFormatter, add_config_flags, default_conf_dir, load_config
-from jobs.spark import get_spark
-from jobs.tables import TableError, TableIO
-from training.launch import TrainingFailed
+from shopseq.jobs.config import Config, ConfigError, DefaultsHelpFormatter, add_config_flags, default_conf_dir, load_config
+from shopseq.jobs.spark import get_spark
+from shopseq.jobs.tables import TableError, TableIO
+from shopseq.training.launch import TrainingFailed
 
 log = logging.getLogger("shopseq")
 

@@ -1,6 +1,6 @@
 """Raw sources: the only code that reads raw input files, and the per-format presets.
 
-Every named format is a preset: a :class:`~jobs.config.SourceConfig` value
+Every named format is a preset: a :class:`~shopseq.jobs.config.SourceConfig` value
 (column names, separator, header, time unit, value mapping), not code. The
 ``generic`` format takes the same keys from ``source.*`` in config. Named
 formats take only ``path`` from config (``--input`` overrides it).
@@ -32,7 +32,7 @@ gzip/bzip2 (local files).
 
 The YooChoose clicks and buys files are one dataset (:data:`DATASETS`): both
 may be ingested into one data root; the formats of different datasets may not
-(:func:`jobs.ingest.check_single_source`).
+(:func:`shopseq.jobs.stages.ingest.check_single_source`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import AnalysisException
 
-from features.ingest import CANONICAL_KEYS, REQUIRED_KEYS, source_columns_needed
-from features.schema import EVENT_TYPES
-from jobs.catalog import Catalog
-from jobs.common import InputError
-from jobs.config import ConfigError, SourceConfig
+from shopseq.features.ingest import CANONICAL_KEYS, REQUIRED_KEYS, source_columns_needed
+from shopseq.features.schema import EVENT_TYPES
+from shopseq.jobs.catalog import Catalog
+from shopseq.jobs.common import InputError
+from shopseq.jobs.config import ConfigError, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def read_source(spark: SparkSession, source: SourceConfig, data_root: str, limit
     """Read the raw input lazily: text lines for csv/json (``value``, ``input_file``), rows for Parquet.
 
     ``limit`` keeps the first N lines/rows (quick mode). Missing input raises
-    :class:`~jobs.common.InputError`.
+    :class:`~shopseq.jobs.common.InputError`.
     """
     location = default_path(source, data_root)
     if _is_local(location) and not glob.glob(_local(location)):

@@ -25,7 +25,7 @@ from typing import Mapping
 
 from pyspark.sql import SparkSession
 
-from jobs.config import ConfigError, SparkConfig
+from shopseq.jobs.config import ConfigError, SparkConfig
 
 log = logging.getLogger(__name__)
 

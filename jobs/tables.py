@@ -2,7 +2,7 @@
 
 One engine: Delta Lake through delta-spark, locally as on clusters and on
 Databricks. Local mode loads the Delta JARs that ``make setup`` fetched
-(:mod:`jobs.spark`); ``spark-submit`` passes them with ``--packages``;
+(:mod:`shopseq.jobs.spark`); ``spark-submit`` passes them with ``--packages``;
 Databricks has them built in. A table is named by a logical name
 (``silver_events``) that config resolves to a :class:`TableRef`: a path (local
 disk, cloud storage) or a catalog name (``catalog.schema.table``, Unity
@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from jobs.config import Config, TablesConfig
+from shopseq.jobs.config import Config, TablesConfig
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class TableIO:
         if not has_delta(spark):
             raise TableError(
                 "this Spark session has no Delta Lake (spark.sql.extensions lacks io.delta.sql.DeltaSparkSessionExtension): "
-                "locally run `make setup` (it fetches the Delta JARs) and start Spark through jobs.spark.get_spark; "
+                "locally run `make setup` (it fetches the Delta JARs) and start Spark through shopseq.jobs.spark.get_spark; "
                 "with spark-submit pass --packages io.delta:delta-spark_2.12:3.2.1 and the Delta extension and catalog confs"
             )
         self.spark = spark

@@ -37,7 +37,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 VERSION = "0.1.0"  # pyproject.toml's; the dist artifacts carry it in their names
 PYFILES = f"dist/shopseq-{VERSION}-pyfiles.zip"  # relative to the submit folder, as in the README
-ENTRY = "jobs/run.py"  # relative to the submit folder: extracted from the zip by the test, the repo's own file in the README
+ENTRY = "jobs/stages/run.py"  # relative to the submit folder: extracted from the zip by the test, the repo's own file in the README
 ENV_PACK = REPO / "dist" / f"shopseq-{VERSION}-env.tar.gz"  # `make dist-env`: the packed environment for --archives
 ENV_VENV = REPO / "build" / "dist-env"  # the venv it packed: a local Python with shopseq installed from the wheel
 PACKED_PYTHON = "./environment/bin/python"  # the executors' Python inside the unpacked archive
@@ -137,7 +137,7 @@ def exec_python(dest: Path) -> Path:
 
     Paths listed in a ``.pth`` file are added to ``sys.path`` without their own
     ``.pth`` files being processed, so shopseq's editable-install finder
-    (``__editable__.shopseq-0.1.0.pth`` there) is never loaded: ``import jobs``
+    (``__editable__.shopseq-0.1.0.pth`` there) is never loaded: ``import shopseq.jobs``
     fails unless the ``--py-files`` zip is on the path.
     """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True, capture_output=True)
@@ -352,7 +352,7 @@ def build_dist(dest: Path) -> Path:
 
 
 def submit_dir(dest: Path, pyfiles: Path) -> Path:
-    """A folder holding only ``dist/<zip>`` and the entry script ``jobs/run.py`` extracted from that zip (no ``conf/``, no code)."""
+    """A folder holding only ``dist/<zip>`` and the entry script ``jobs/stages/run.py`` extracted from that zip (no ``conf/``, no code)."""
     import zipfile
 
     (dest / "dist").mkdir(parents=True)

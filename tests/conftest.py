@@ -15,8 +15,8 @@ SHARED_DATA = Path(os.environ.get("SHOPSEQ_SHARED_DATA", REPO.parent / "shared" 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
     """local[2], 2 shuffle partitions, UI off, UTC, temp warehouse and local dirs."""
-    from jobs.config import SparkConfig
-    from jobs.spark import get_spark
+    from shopseq.jobs.config import SparkConfig
+    from shopseq.jobs.spark import get_spark
 
     tmp = tmp_path_factory.mktemp("spark")
     os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -41,7 +41,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def cfg_factory(tmp_path: Path):
     """Build a validated Config for a test, with tables under its own tmp dir."""
-    from jobs.config import load_config
+    from shopseq.jobs.config import load_config
 
     def make(*overrides: str, env: str = "local"):
         return load_config(env, REPO / "conf", [f"app.data_root={tmp_path}", *overrides])
@@ -52,7 +52,7 @@ def cfg_factory(tmp_path: Path):
 @pytest.fixture
 def tables(spark, cfg_factory):
     """TableIO (delta-spark) rooted in the test's tmp dir."""
-    from jobs.tables import TableIO
+    from shopseq.jobs.tables import TableIO
 
     return TableIO(spark, cfg_factory())
 
@@ -74,13 +74,13 @@ def trained(spark, tmp_path_factory: pytest.TempPathFactory):
     """
     from types import SimpleNamespace
 
-    from jobs.build_features import run_features
-    from jobs.config import load_config
-    from jobs.generate import landing_dir, write_generated
-    from jobs.ingest import run_ingest
-    from jobs.sessionize import run_sessionize
-    from jobs.tables import TableIO
-    from jobs.train import run_train
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.stages.generate import landing_dir, write_generated
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.sessionize import run_sessionize
+    from shopseq.jobs.tables import TableIO
+    from shopseq.jobs.stages.train import run_train
 
     root = tmp_path_factory.mktemp("trained")
     cfg = load_config("local", REPO / "conf", [f"app.data_root={root}", *TRAINED_OVERRIDES])

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame
 
-from features.sessionize import SILVER_SCHEMA
+from shopseq.features.sessionize import SILVER_SCHEMA
 
 
 def ts(text: str) -> datetime:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.baselines import (
+from shopseq.training.baselines import (
     TIE_BREAK,
     US_PER_DAY,
     VSKNN,

@@ -16,11 +16,11 @@ SMALL = ["generate.days=42", "features.purchase_horizon_days=3", "features.churn
 
 @pytest.mark.e2e  # generate -> ingest -> sessionize -> features on 20,000 events: about 80 CPU-seconds
 def test_bench_features_end_to_end_reports_what_the_gold_tables_hold(spark, tmp_path):
-    from features.splits import SPLITS
-    from jobs.bench import main
-    from jobs.bench_features import bench_config
-    from jobs.config import load_config
-    from jobs.tables import TableIO
+    from shopseq.features.splits import SPLITS
+    from shopseq.jobs.bench.cli import main
+    from shopseq.jobs.bench.features import bench_config
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.tables import TableIO
 
     argv = ["features", "--events", "20000", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}"]
     assert main([*argv, *[a for o in SMALL for a in ("--set", o)]]) == 0
@@ -64,7 +64,7 @@ def test_bench_features_end_to_end_reports_what_the_gold_tables_hold(spark, tmp_
 
 
 def test_bench_features_rejects_bad_sizes(spark, capsys, tmp_path):
-    from jobs.bench import main
+    from shopseq.jobs.bench.cli import main
 
     assert main(["features", "--events", "1000,-5", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}"]) == 2
     assert "--events: expected positive event counts" in capsys.readouterr().err
@@ -72,7 +72,7 @@ def test_bench_features_rejects_bad_sizes(spark, capsys, tmp_path):
 
 def test_every_benchmark_page_in_the_docs_is_rendered_from_its_json():
     """docs/benchmarks/bench_<name>.md is exactly what `shopseq bench render` makes of bench_<name>.json: no hand-edited figure."""
-    from jobs.bench import RENDERERS, render_docs
+    from shopseq.jobs.bench.cli import RENDERERS, render_docs
 
     docs = REPO / "docs" / "benchmarks"
     reports = sorted(p.stem.removeprefix("bench_") for p in docs.glob("bench_*.json"))
@@ -85,8 +85,8 @@ def test_every_benchmark_page_in_the_docs_is_rendered_from_its_json():
 
 
 def test_bench_render_rewrites_a_page_from_its_json(tmp_path):
-    from jobs.bench import render_docs
-    from jobs.bench_sessionize import render_markdown
+    from shopseq.jobs.bench.cli import render_docs
+    from shopseq.jobs.bench.sessionize import render_markdown
 
     report = {
         "version": "0.1.0", "commit": "abc1234", "created": "2026-12-03 06:00 UTC", "machine": "2 cores, 24 GiB, x86_64", "load_average": [1.0, 0.5, 0.25],
@@ -114,10 +114,10 @@ def test_bench_bot_flags_the_bot_leaves_it_out_of_gold_and_keeps_everyone_else_s
     the figures are only checked to be there, never timed."""
     from pyspark.sql import functions as F
 
-    from jobs.bench import main
-    from jobs.bench_bot import BOT_USER, STAGES, background_lines
-    from jobs.config import load_config
-    from jobs.tables import TableIO
+    from shopseq.jobs.bench.cli import main
+    from shopseq.jobs.bench.bot import BOT_USER, STAGES, background_lines
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.tables import TableIO
 
     argv = ["bot", "--events", "5000", "--users", "30", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}",
             "--set", "sessionize.max_events_per_user_day=1000", "--set", "tables.optimize=false", "--set", "spark.shuffle_partitions=2",

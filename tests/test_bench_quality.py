@@ -35,7 +35,7 @@ def _case() -> dict:
 
 
 def test_render_markdown_shows_intervals_filter_and_outcomes():
-    from jobs.bench_quality import render_markdown
+    from shopseq.jobs.bench.quality import render_markdown
 
     md = render_markdown({"version": "0.1.0", "commit": "abc1234", "created": "2026-12-02 18:00 UTC", "machine": "2 cores, x86_64", "cases": [_case(), {"sample": "diginetica", "protocol": "session", "error": "no test examples"}]})
     assert "## taobao / recbole_loo" in md
@@ -54,7 +54,7 @@ def test_render_markdown_shows_intervals_filter_and_outcomes():
 
 
 def test_peer_statistics_pair_users_and_count_an_unscored_user_as_a_miss():
-    from jobs.bench_quality import peer_statistics
+    from shopseq.jobs.bench.quality import peer_statistics
 
     # Three test users; the model ranks their targets at 0, 1 (tied with one other) and OOV; the peer at 2, 0 and
     # never scored the third user (a miss for the peer).
@@ -77,7 +77,7 @@ def test_peer_statistics_pair_users_and_count_an_unscored_user_as_a_miss():
 
 
 def test_bench_quality_rejects_unknown_sample_and_protocol(spark, capsys, tmp_path):
-    from jobs.bench import main
+    from shopseq.jobs.bench.cli import main
 
     base = ["quality", "--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}"]
     assert main([*base, "--samples", "amazon"]) == 2

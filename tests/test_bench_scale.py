@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 
 def test_fit_line_is_least_squares_and_one_point_goes_through_the_origin():
-    from jobs.bench_scale import fit_line
+    from shopseq.jobs.bench.scale import fit_line
 
     assert fit_line([1.0, 2.0, 3.0], [12.0, 14.0, 16.0]) == pytest.approx((10.0, 2.0))
     xs, ys = [1e5, 3e5, 1e6], [30.0, 41.0, 90.0]
@@ -23,7 +23,7 @@ def test_fit_line_is_least_squares_and_one_point_goes_through_the_origin():
 
 
 def test_projection_arithmetic():
-    from jobs.bench_scale import project
+    from shopseq.jobs.bench.scale import project
 
     # 2 cores; ingest: 10 s fixed + 1 us a row; features sees half the events at 4 us a row.
     stages = {"ingest": {"fixed_s": 10.0, "projected_per_row_s": 1e-6, "rows_per_event": 1.0}, "features": {"fixed_s": 20.0, "projected_per_row_s": 4e-6, "rows_per_event": 0.5}}
@@ -38,7 +38,7 @@ def test_projection_arithmetic():
 
 
 def test_a_falling_line_projects_with_the_largest_size_s_rate():
-    from jobs.bench_scale import summarize
+    from shopseq.jobs.bench.scale import summarize
 
     # Two sizes where the larger took less time (warm-up, noise): no per-row cost above the fixed one shows.
     results = [{"events": n, "stages": {s: {"rows": n, "seconds": t, "rows_per_s_per_core": n / t / 2} for s in ("ingest", "sessionize", "features")}} for n, t in ((1000, 20.0), (4000, 16.0))]
@@ -49,13 +49,13 @@ def test_a_falling_line_projects_with_the_largest_size_s_rate():
 
 
 def test_a_cluster_run_has_its_own_report_and_says_its_rss_is_the_driver_python_s():
-    from jobs.bench import RENDERERS
-    from jobs.bench_scale import render_markdown, report_name
+    from shopseq.jobs.bench.cli import RENDERERS
+    from shopseq.jobs.bench.scale import render_markdown, report_name
 
     assert [report_name(m) for m in ("local[2]", "local[*]", "spark://127.0.0.1:7077", "yarn", "k8s://https://api:6443")] == [
         "scale", "scale", "scale_cluster", "scale_cluster", "scale_cluster",
     ]  # fmt: skip
-    assert RENDERERS["scale"] == RENDERERS["scale_cluster"] == "jobs.bench_scale"
+    assert RENDERERS["scale"] == RENDERERS["scale_cluster"] == "shopseq.jobs.bench.scale"
     stage = {"rows": 10, "seconds": 1.0, "rows_per_s_per_core": 5.0, "peak_rss_bytes": 2**30}
     fit = {"fixed_s": 0.0, "marginal_rows_per_s_per_core": 5.0, "rows_per_event": 1.0, "scaling_ratio": 1.0}
     projection = {"target_events": 1e9, "window_hours": 2.0, "core_hours": 1.0, "cores_for_window": 1, "fixed_s": 0.0, "wall_hours_on_cores": {"8": 0.1}}
@@ -71,12 +71,12 @@ def test_a_cluster_run_has_its_own_report_and_says_its_rss_is_the_driver_python_
 
 @pytest.mark.e2e
 def test_bench_scale_times_each_stage_on_what_the_tables_hold(spark, tmp_path):
-    from jobs.bench import main
-    from jobs.bench_features import bench_config
-    from jobs.bench_scale import STAGES, fit_line, render_markdown
-    from jobs.catalog import catalog
-    from jobs.config import load_config
-    from jobs.tables import TableIO
+    from shopseq.jobs.bench.cli import main
+    from shopseq.jobs.bench.features import bench_config
+    from shopseq.jobs.bench.scale import STAGES, fit_line, render_markdown
+    from shopseq.jobs.catalog import catalog
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.tables import TableIO
 
     sets = [f"app.data_root={tmp_path}", "generate.users=60", "generate.days=14"]
     assert main(["scale", "--events", "1500,3000", "--warmup", "0", "--window-hours", "1", "--conf-dir", str(REPO / "conf"), *[a for s in sets for a in ("--set", s)]]) == 0

@@ -80,13 +80,13 @@ def test_no_job_but_the_catalog_joins_the_data_root():
         hits = [(line, fn) for line, fn in data_root_joins(path.read_text()) if (rel, fn) not in DELEGATES]
         if hits:
             offenders[rel] = hits
-    assert offenders == {}, "ask jobs.catalog for the location instead"
+    assert offenders == {}, "ask shopseq.jobs.catalog for the location instead"
     # The delegate is still the one resolving tables (so the exemption is not stale).
     assert [fn for _, fn in data_root_joins((REPO / "jobs" / "tables.py").read_text())] == ["table_ref"]
 
 
 def test_default_locations_of_a_data_root(tmp_path, monkeypatch):
-    from jobs.catalog import Catalog
+    from shopseq.jobs.catalog import Catalog
 
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -110,8 +110,8 @@ def test_default_locations_of_a_data_root(tmp_path, monkeypatch):
 
 
 def test_config_keys_move_what_they_name(tmp_path, monkeypatch):
-    from jobs.catalog import catalog
-    from jobs.config import load_config
+    from shopseq.jobs.catalog import catalog
+    from shopseq.jobs.config import load_config
 
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     root = tmp_path / "root"
@@ -149,15 +149,15 @@ def test_config_keys_move_what_they_name(tmp_path, monkeypatch):
 
 
 def test_the_jobs_answer_with_the_catalog(cfg_factory, tmp_path, monkeypatch):
-    from jobs.build_features import schema_path
-    from jobs.catalog import TABLES, catalog
-    from jobs.config import SourceConfig
-    from jobs.evaluate import METRICS_TABLE, report_dir
-    from jobs.generate import landing_dir
-    from jobs.run import TABLES as RUN_TABLES
-    from jobs.sources import default_path
-    from jobs.tables import CHANGE_DATA_FEED
-    from jobs.train import checkpoint_dir, tracking_uri
+    from shopseq.jobs.stages.build_features import schema_path
+    from shopseq.jobs.catalog import TABLES, catalog
+    from shopseq.jobs.config import SourceConfig
+    from shopseq.jobs.stages.evaluate import METRICS_TABLE, report_dir
+    from shopseq.jobs.stages.generate import landing_dir
+    from shopseq.jobs.stages.run import TABLES as RUN_TABLES
+    from shopseq.jobs.sources import default_path
+    from shopseq.jobs.tables import CHANGE_DATA_FEED
+    from shopseq.jobs.stages.train import checkpoint_dir, tracking_uri
 
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     cfg = cfg_factory()
@@ -175,7 +175,7 @@ def test_the_jobs_answer_with_the_catalog(cfg_factory, tmp_path, monkeypatch):
 
 def test_an_object_store_artifact_root_gives_uris(tmp_path, monkeypatch):
     """A URI artifact root: every artifact is a URI under it (never made "absolute"); MLflow's file store stays on the data root's disk."""
-    from jobs.catalog import Catalog
+    from shopseq.jobs.catalog import Catalog
 
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -197,7 +197,7 @@ def test_an_object_store_artifact_root_gives_uris(tmp_path, monkeypatch):
 
 
 def test_artifact_root_is_validated_when_config_loads(tmp_path):
-    from jobs.config import ConfigError, load_config
+    from shopseq.jobs.config import ConfigError, load_config
 
     assert load_config("local", REPO / "conf", ["app.artifact_root=s3://bucket/prefix"]).app.artifact_root == "s3://bucket/prefix"  # s3fs: test extra
     assert load_config("local", REPO / "conf", []).app.artifact_root is None

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import cli
+from shopseq.jobs import cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,10 +27,10 @@ def test_each_stage_has_help_with_common_flags(capsys):
 
 
 def test_unknown_stage_and_misspelled_key_are_one_line_errors(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "jobs.cli", "ingestt"], capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run([sys.executable, "-m", "shopseq.jobs.cli", "ingestt"], capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2 and "unknown stage 'ingestt'" in res.stderr
     res = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "ingest", "--set", "sessionize.gap_minuts=5", "--set", f"app.data_root={tmp_path}"],
+        [sys.executable, "-m", "shopseq.jobs.cli", "ingest", "--set", "sessionize.gap_minuts=5", "--set", f"app.data_root={tmp_path}"],
         capture_output=True, text=True, cwd=REPO,
     )
     assert res.returncode == 2
@@ -50,13 +50,13 @@ def test_stage_without_its_input_names_the_stage_to_run_first(spark, tmp_path, c
         assert capsys.readouterr().err.strip().splitlines()[-1] == line
 
 
-def test_features_package_is_this_project():
-    import features
-    import jobs
-    import training
+def test_the_namespaced_packages_are_this_checkout():
+    import shopseq.features
+    import shopseq.jobs
+    import shopseq.training
 
-    for pkg in (features, jobs, training):
-        assert Path(pkg.__file__).resolve().parent.parent == REPO, pkg.__file__
+    for pkg, folder in ((shopseq.features, "features"), (shopseq.jobs, "jobs"), (shopseq.training, "training")):
+        assert Path(pkg.__file__).resolve().parent == REPO / folder, pkg.__file__
 
 
 def _option_blocks(help_text: str) -> dict[str, str]:
@@ -99,7 +99,7 @@ def test_every_option_of_every_stage_shows_its_default():
                 if option not in blocks or "(default" not in blocks[option]:
                     missing.append(f"{name} {option}")
     assert missing == []
-    from jobs.train import build_parser
+    from shopseq.jobs.stages.train import build_parser
 
     common = _option_blocks(build_parser().format_help())
     assert common["--env"].endswith("(default: local)")

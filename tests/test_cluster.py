@@ -93,8 +93,8 @@ def submission(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """The executors' and driver's Python (no shopseq), and a submit folder with only ``make dist``'s zip and the entry script from it."""
     tmp = tmp_path_factory.mktemp("submission")
     python = exec_python(tmp / "execpy")
-    missing = run_probe(python, "import jobs", tmp)
-    assert missing.returncode == 1 and "ModuleNotFoundError: No module named 'jobs'" in missing.stderr, missing.stderr
+    missing = run_probe(python, "import shopseq.jobs", tmp)
+    assert missing.returncode == 1 and "ModuleNotFoundError: No module named 'shopseq'" in missing.stderr, missing.stderr
     stack = run_probe(python, "import torch, pyspark, petastorm, horovod.torch, delta", tmp)
     assert stack.returncode == 0, stack.stderr
     folder = submit_dir(tmp / "submit", build_dist(tmp / "build"))
@@ -107,7 +107,7 @@ def spark_submit(cluster, submission, args: list[str], log: Path, timeout_s: flo
 
     With ``archive`` (``make dist-env``'s packed environment) the code travels in it instead of the ``--py-files`` zip.
     """
-    from jobs.spark import delta_jars_dir
+    from shopseq.jobs.spark import delta_jars_dir
 
     ui = free_port()
     spark, jars = str(spark_bin()), str(delta_jars_dir())
@@ -153,8 +153,8 @@ def assert_tables_equal_local_mode(spark, root: Path, trained: SimpleNamespace) 
     features) have the settings of PIPELINE_SETS; only training differs (one process, 2 epochs), and the data tables do not
     depend on it (gold's file count follows train_ranks, its rows do not).
     """
-    from jobs.catalog import TABLES, catalog
-    from jobs.config import load_config
+    from shopseq.jobs.catalog import TABLES, catalog
+    from shopseq.jobs.config import load_config
 
     remote, here = catalog(load_config("cluster", REPO / "conf", [f"app.data_root={root}", *PIPELINE_SETS])), catalog(trained.cfg)
     exists = {name: Path(remote.table(name).location).is_dir() for name in TABLES}
@@ -183,8 +183,8 @@ def _failed(run: SimpleNamespace, cluster) -> str:
 def test_cluster_pipeline_equals_local_mode(launcher, standalone_cluster, submission, cluster_pipeline, trained, spark, tmp_path):  # noqa: F811
     from pyspark.sql import functions as F
 
-    from jobs.catalog import catalog
-    from jobs.config import TrainConfig, load_config, type_hints
+    from shopseq.jobs.catalog import catalog
+    from shopseq.jobs.config import TrainConfig, load_config, type_hints
 
     run = cluster_pipeline
     assert run.rc == 0, _failed(run, standalone_cluster)

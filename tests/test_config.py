@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import Config, ConfigError, load_config
+from shopseq.jobs.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def test_mixture_needs_the_full_softmax():
 
 
 def test_missing_delta_jars_are_one_line_saying_how_to_fetch_them(tmp_path, monkeypatch):
-    from jobs.spark import delta_jars
+    from shopseq.jobs.spark import delta_jars
 
     monkeypatch.setenv("SHOPSEQ_DELTA_JARS", str(tmp_path))
     with pytest.raises(ConfigError, match=r"^Delta Lake JARs missing in .* \(delta-spark_2.12-3.2.1.jar, delta-storage-3.2.1.jar\): run `make delta-jars`"):
@@ -83,7 +83,7 @@ def test_missing_delta_jars_are_one_line_saying_how_to_fetch_them(tmp_path, monk
 def test_the_delta_jars_the_makefile_fetches_match_the_pinned_python_package():
     import re
 
-    from jobs.spark import delta_version
+    from shopseq.jobs.spark import delta_version
 
     make = re.search(r"^DELTA_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
     pin = re.search(r"^delta-spark==(\S+)$", (REPO / "constraints.txt").read_text(), re.M)
@@ -148,7 +148,7 @@ def test_a_bad_value_in_a_yaml_layer_names_that_file(tmp_path):
 
 
 def test_a_directly_built_section_is_checked_too():
-    from jobs.config import SessionizeConfig, TrainConfig
+    from shopseq.jobs.config import SessionizeConfig, TrainConfig
 
     with pytest.raises(ConfigError, match=r"^sessionize.gap_minutes: must be > 0, got -5$"):
         SessionizeConfig(gap_minutes=-5)
@@ -162,7 +162,7 @@ def test_a_directly_built_section_is_checked_too():
 def _sections():
     import dataclasses
 
-    from jobs.config import sections
+    from shopseq.jobs.config import sections
 
     return [(name, f, cls) for name, cls in sections() for f in dataclasses.fields(cls)]
 
@@ -171,7 +171,7 @@ NO_RANGE = {"generate.seed", "train.seed", "evaluate.seed"}  # any int is a seed
 
 
 def test_every_key_declares_its_meaning_and_every_number_its_range():
-    from jobs.config import type_hints
+    from shopseq.jobs.config import type_hints
 
     missing_doc, missing_range = [], []
     for name, f, cls in _sections():
@@ -201,7 +201,7 @@ MAP_KEYS = {"spark.conf", "tables.locations", "source.options", "source.mapping"
 def test_typed_defaults_equal_base_yaml_for_every_key():
     import yaml
 
-    from jobs.config import default_of, type_hints
+    from shopseq.jobs.config import default_of, type_hints
 
     maps = {f"{name}.{f.name}" for name, f, cls in _sections() if str(type_hints(cls)[f.name]).startswith("dict")}
     assert maps == MAP_KEYS  # map-valued keys are leaves, not sections
@@ -222,8 +222,8 @@ def test_every_shipped_layer_validates():
 
 
 def test_source_format_choices_are_the_presets():
-    from jobs.config import SourceConfig, choices, type_hints
-    from jobs.sources import FORMATS
+    from shopseq.jobs.config import SourceConfig, choices, type_hints
+    from shopseq.jobs.sources import FORMATS
 
     assert sorted(choices(type_hints(SourceConfig)["format"])) == sorted(FORMATS)
 
@@ -234,8 +234,8 @@ def test_source_format_choices_are_the_presets():
 def test_train_params_take_every_train_key_from_config_and_have_no_defaults_of_their_own():
     import dataclasses
 
-    from jobs.config import TrainConfig
-    from training.loop import TrainParams
+    from shopseq.jobs.config import TrainConfig
+    from shopseq.training.loop import TrainParams
 
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     own = TrainParams.config_fields()
@@ -260,15 +260,15 @@ def test_jobs_build_train_params_only_through_the_one_builder():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "TrainParams":
                 calls.append(str(path.relative_to(REPO)))
-    assert calls == []  # jobs.train.train_params -> TrainParams.from_config
+    assert calls == []  # shopseq.jobs.stages.train.train_params -> TrainParams.from_config
 
 
 # --------------------------------------------------------------------------- Spark settings
 
 
 def test_sql_settings_apply_to_every_session_jvm_settings_only_to_local_builds():
-    from jobs.config import SparkConfig
-    from jobs.spark import build_settings, sql_settings
+    from shopseq.jobs.config import SparkConfig
+    from shopseq.jobs.spark import build_settings, sql_settings
 
     cluster = SparkConfig(master=None, shuffle_partitions=200, conf={"spark.sql.adaptive.enabled": "false", "spark.executor.memory": "8g"})
     assert sql_settings(cluster) == {
@@ -288,7 +288,7 @@ def test_sql_settings_apply_to_every_session_jvm_settings_only_to_local_builds()
 def test_shopseq_config_prints_the_validated_config_or_one_line(capsys):
     import yaml
 
-    from jobs.config import main
+    from shopseq.jobs.config import main
 
     assert main(["--env", "cluster", "--set", "train.epochs=2", "--conf-dir", str(REPO / "conf")]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -298,8 +298,8 @@ def test_shopseq_config_prints_the_validated_config_or_one_line(capsys):
 
 
 def test_get_spark_sets_the_sql_settings_on_the_running_session(spark):
-    from jobs.config import SparkConfig
-    from jobs.spark import get_spark
+    from shopseq.jobs.config import SparkConfig
+    from shopseq.jobs.spark import get_spark
 
     before = {k: spark.conf.get(k) for k in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled", "spark.sql.warehouse.dir")}
     try:

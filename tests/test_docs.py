@@ -139,7 +139,7 @@ def reference_table(text: str) -> dict[str, dict[str, str]]:
 
 
 def test_configuration_reference_is_the_rendering_of_the_typed_config():
-    from jobs.config import reference_markdown
+    from shopseq.jobs.config import reference_markdown
 
     assert CONFIG_PAGE.read_text(encoding="utf-8") == reference_markdown(), (
         "docs/configuration.md is stale: regenerate it with `.venv/bin/shopseq config --reference > docs/configuration.md`"
@@ -149,7 +149,7 @@ def test_configuration_reference_is_the_rendering_of_the_typed_config():
 def test_configuration_reference_documents_exactly_the_typed_keys_with_their_defaults_and_ranges():
     import dataclasses
 
-    from jobs.config import Config, default_of, key_docs, type_hints, yaml_value
+    from shopseq.jobs.config import Config, default_of, key_docs, type_hints, yaml_value
 
     def leaves(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
         out = {}
@@ -230,10 +230,10 @@ def test_every_readme_command_is_run_or_excluded_by_name():
 
 @pytest.mark.parametrize("command", quick_commands())
 def test_readme_quick_command_exits_0(command: str, capsys, monkeypatch):
-    """The quick commands, through ``jobs.cli.main`` (the ``shopseq`` entry point) in this process: no Spark, well under a second."""
+    """The quick commands, through ``shopseq.jobs.cli.main`` (the ``shopseq`` entry point) in this process: no Spark, well under a second."""
     import shlex
 
-    from jobs import cli
+    from shopseq.jobs import cli
 
     monkeypatch.chdir(REPO)
     argv = shlex.split(command)[1:]

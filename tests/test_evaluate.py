@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluation import (
+from shopseq.training.evaluation import (
     LIGHTGBM_PARAMS,
     Difference,
     MetricRow,
@@ -40,7 +40,7 @@ from training.evaluation import (
     score_task,
     signed_log1p,
 )
-from training.metrics import TargetRanks, batch_ranking_sums, expected_at_k, target_ranks
+from shopseq.training.metrics import TargetRanks, batch_ranking_sums, expected_at_k, target_ranks
 
 INV_LOG2_3 = 1 / math.log2(3)
 
@@ -276,7 +276,7 @@ def test_compare_lower_is_better_and_point_fallback():
 
 
 def test_summary_rows_show_intervals_and_outcome():
-    from jobs.run import comparison_rows, format_summary
+    from shopseq.jobs.stages.run import comparison_rows, format_summary
 
     rows = [MetricRow("next_item", "ndcg", 10, "model", 0.3, 5, 0.25, 0.35), MetricRow("next_item", "ndcg", 10, "markov", 0.2, 5, 0.15, 0.24)]
     with_ci = compare(rows, [10], [Difference("next_item", "ndcg", 10, "markov", 0.1, 0.04, 0.16)])
@@ -470,7 +470,7 @@ def _expected_keys(ks: list[int]) -> set[tuple]:
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
-    from jobs.evaluate import run_evaluate
+    from shopseq.jobs.stages.evaluate import run_evaluate
 
     return run_evaluate(trained.tables, trained.cfg)
 
@@ -485,10 +485,10 @@ def _stored(tables, evaluation_id: str) -> list[dict]:
 def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     import os
 
-    from jobs.report import report_files
-    from jobs.train import load_schema
-    from training.checkpoint import load_model, predict_tensors
-    from training.data import load_tensors, model_columns
+    from shopseq.jobs.stages.report import report_files
+    from shopseq.jobs.stages.train import load_schema
+    from shopseq.training.checkpoint import load_model, predict_tensors
+    from shopseq.training.data import load_tensors, model_columns
 
     cfg, tables = trained.cfg, trained.tables
     ks = list(cfg.evaluate.ks)
@@ -520,7 +520,7 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     # The per-row ranks beside the report reproduce the stored HR@10 of every next-item method (peer comparisons pair with them).
     import numpy as np
 
-    from jobs.evaluate import RANKS_FILE
+    from shopseq.jobs.stages.evaluate import RANKS_FILE
 
     saved = np.load(os.path.join(evaluated["report_dir"], RANKS_FILE))
     assert len(saved["user_key"]) == masked["next_item"]
@@ -583,7 +583,7 @@ def test_rerun_changes_nothing(trained, evaluated):
     """Chosen behaviour: a re-run that finds its rows already recorded writes nothing (no new table version)."""
     import os
 
-    from jobs.evaluate import run_evaluate
+    from shopseq.jobs.stages.evaluate import run_evaluate
 
     tables = trained.tables
     before_rows, before_version = _stored(tables, evaluated["evaluation_id"]), tables.version("metrics")
@@ -597,7 +597,7 @@ def test_rerun_changes_nothing(trained, evaluated):
 
 
 def test_cli_missing_checkpoint_is_a_one_line_error(trained, capsys):
-    from jobs.evaluate import main
+    from shopseq.jobs.stages.evaluate import main
     from tests.conftest import TRAINED_OVERRIDES
 
     args = ["--set", f"app.data_root={trained.root}", "--set", "evaluate.checkpoint=nope.pt"]
@@ -613,7 +613,7 @@ def test_metrics_table_from_before_intervals_gains_the_columns(tables):
 
     from pyspark.sql import types as T
 
-    from jobs.evaluate import METRICS_SCHEMA, METRICS_TABLE, _write_metrics
+    from shopseq.jobs.stages.evaluate import METRICS_SCHEMA, METRICS_TABLE, _write_metrics
 
     old_schema = T.StructType([f for f in METRICS_SCHEMA.fields if f.name not in ("ci_low", "ci_high")])
     at = datetime(2026, 1, 2, tzinfo=timezone.utc)

@@ -13,10 +13,10 @@ import pytest
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from features.sequences import build_examples
-from features.splits import SplitBounds, leave_last_out_split, split_bounds, temporal_split, train_range
-from features.vocab import OOV_INDEX, apply_vocab, fit_vocab, with_vocab_version
-from jobs.config import ConfigError, FeaturesConfig
+from shopseq.features.sequences import build_examples
+from shopseq.features.splits import SplitBounds, leave_last_out_split, split_bounds, temporal_split, train_range
+from shopseq.features.vocab import OOV_INDEX, apply_vocab, fit_vocab, with_vocab_version
+from shopseq.jobs.config import ConfigError, FeaturesConfig
 from tests.rows import SILVER_SCHEMA, silver, ts, us
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def test_job_writes_gold_tables_that_petastorm_shards_across_two_ranks(spark, ta
     from petastorm import make_batch_reader
     from petastorm.pytorch import DataLoader
 
-    from jobs.build_features import run_features
+    from shopseq.jobs.stages.build_features import run_features
 
     L = 6
     cfg = cfg_factory(
@@ -405,7 +405,7 @@ def _taobao_silver(spark, path: Path) -> DataFrame:
 
 @pytest.mark.shared_data
 def test_taobao_sample_builds_gold_tables(spark, tables, cfg_factory, shared_data):
-    from jobs.build_features import run_features
+    from shopseq.jobs.stages.build_features import run_features
 
     path = shared_data / "taobao_head.csv"
     if not path.is_file():

@@ -25,7 +25,7 @@ def _state(epoch: int = 1, bad_epochs: int = 0, model: dict | None = None, **lin
 
 
 def test_checkpoint_verdict():
-    from jobs.train import checkpoint_verdict
+    from shopseq.jobs.stages.train import checkpoint_verdict
 
     def verdict(state: dict, epochs: int = 3, patience: int = 2) -> tuple[str, str]:
         return checkpoint_verdict(state, CURRENT, MODEL, epochs, patience)
@@ -43,8 +43,8 @@ def test_checkpoint_verdict():
 
 
 def test_earlier_run_is_moved_under_its_run_id_and_never_overwritten(cfg_factory, tmp_path):
-    from jobs.catalog import catalog
-    from jobs.train import keep_earlier_run, run_key
+    from shopseq.jobs.catalog import catalog
+    from shopseq.jobs.stages.train import keep_earlier_run, run_key
 
     cfg = cfg_factory()
     ckpt = Path(catalog(cfg).checkpoints)
@@ -90,17 +90,17 @@ def test_new_data_trains_a_new_model_keeps_the_old_and_predict_uses_it(spark, tr
     """
     import torch
 
-    from jobs.build_features import run_features
-    from jobs.catalog import catalog
-    from jobs.config import load_config
-    from jobs.evaluate import main as evaluate_main
-    from jobs.generate import write_generated
-    from jobs.ingest import run_ingest
-    from jobs.predict import main as predict_main
-    from jobs.sessionize import run_sessionize
-    from jobs.tables import TableIO
-    from jobs.train import load_schema
-    from jobs.train import main as train_main
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.catalog import catalog
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.stages.evaluate import main as evaluate_main
+    from shopseq.jobs.stages.generate import write_generated
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.predict import main as predict_main
+    from shopseq.jobs.stages.sessionize import run_sessionize
+    from shopseq.jobs.tables import TableIO
+    from shopseq.jobs.stages.train import load_schema
+    from shopseq.jobs.stages.train import main as train_main
 
     root = tmp_path / "root"
     shutil.copytree(trained.root, root, ignore=shutil.ignore_patterns("mlruns"))  # a new MLflow store; the runs it names stay readable
@@ -112,7 +112,7 @@ def test_new_data_trains_a_new_model_keeps_the_old_and_predict_uses_it(spark, tr
     assert a_state["lineage"] == trained.train["lineage"] and len(a_state["history"]) == 2
 
     # A's model is current and finished: `shopseq train` says so and trains nothing.
-    caplog.set_level(logging.INFO, logger="jobs.train")
+    caplog.set_level(logging.INFO, logger="shopseq.jobs.stages.train")
     assert train_main(_args(root)) == 0
     assert [r.getMessage() for r in caplog.records if "not retrained" in r.getMessage()] == [
         f"checkpoint {last} is trained on the current gold tables, vocabulary and model config, finished at epoch 1; not retrained (--fresh starts a new run)"

@@ -20,8 +20,8 @@ import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from features.generate import EVENT_COLUMNS, TRUTH_COLUMNS, synth_events, synth_users, user_truth, window_seconds
-from jobs.config import ConfigError, load_config
+from shopseq.features.generate import EVENT_COLUMNS, TRUTH_COLUMNS, synth_events, synth_users, user_truth, window_seconds
+from shopseq.jobs.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -304,7 +304,7 @@ def test_daily_and_weekly_rhythm(gen):
 
 
 def test_job_writes_parquet(spark, tmp_path):
-    from jobs import generate as job
+    from shopseq.jobs import generate as job
 
     landing = tmp_path / "raw" / "generated"
     spark.range(3).write.parquet(str(landing / "events"))  # a stale earlier output: must be replaced, not appended to
@@ -319,7 +319,7 @@ def test_job_writes_parquet(spark, tmp_path):
 
 
 def test_write_generated_reaches_target_events(spark, tmp_path):
-    from jobs.generate import write_generated
+    from shopseq.jobs.stages.generate import write_generated
 
     out = write_generated(spark, small_cfg("generate.days=7"), str(tmp_path / "gen"), target_events=20_000)
     assert out["events"] == str(tmp_path / "gen" / "events") and out["users"] == str(tmp_path / "gen" / "users")

@@ -50,13 +50,13 @@ def events() -> list[dict]:
 def test_hostile_ids_come_out_of_predict_unchanged(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    from jobs.build_features import run_features
-    from jobs.config import load_config
-    from jobs.ingest import run_ingest
-    from jobs.predict import main as predict_main
-    from jobs.sessionize import run_sessionize
-    from jobs.tables import TableIO
-    from jobs.train import run_train
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.predict import main as predict_main
+    from shopseq.jobs.stages.sessionize import run_sessionize
+    from shopseq.jobs.tables import TableIO
+    from shopseq.jobs.stages.train import run_train
 
     rows = events()
     folder = tmp_path / "input"

@@ -16,11 +16,11 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from features.ingest import TimeBounds, classify_raw, to_bronze
-from features.schema import EVENT_COLUMNS, EVENT_CONSTRAINTS, EVENT_SCHEMA
-from jobs.common import InputError
-from jobs.ingest import IngestIntegrityError, _check, main, run_ingest
-from jobs.sources import PRESETS, resolve_source
+from shopseq.features.ingest import TimeBounds, classify_raw, to_bronze
+from shopseq.features.schema import EVENT_COLUMNS, EVENT_CONSTRAINTS, EVENT_SCHEMA
+from shopseq.jobs.common import InputError
+from shopseq.jobs.stages.ingest import IngestIntegrityError, _check, main, run_ingest
+from shopseq.jobs.sources import PRESETS, resolve_source
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = ["ingest.min_event_time=2024-01-01T00:00:00", "ingest.now=2024-01-10T00:00:00", "ingest.max_future_skew_hours=24"]
@@ -217,7 +217,7 @@ def test_two_concurrent_ingests_of_one_batch_write_each_event_once(spark, cfg_fa
     """Both runs classify against an empty root and commit; the later MERGE conflicts, retries and finds the rows stored."""
     import threading
 
-    from jobs.tables import TableIO
+    from shopseq.jobs.tables import TableIO
 
     cfg = cfg_factory(*NOW)
     lines = [f"u{i % 7},i{i % 11},c1,pv,{1704196800 + 60 * i}" for i in range(300)] + ["u1,i1,c1,pv,oops"]
@@ -254,8 +254,8 @@ def test_main_quick_mode_and_input_errors(spark, tmp_path, capsys):
     path = write_lines(tmp_path, "t.csv", ["u1,i1,c1,pv,1704196800", "u1,i2,c1,pv,1704196801", "u1,i3,c1,pv,1704196802"])
     common = ["--conf-dir", str(REPO / "conf"), "--set", f"app.data_root={tmp_path}", *[x for kv in NOW for x in ("--set", kv)]]
     assert main(["--format", "taobao", "--input", path, "--limit", "2", *common]) == 0
-    from jobs.config import load_config
-    from jobs.tables import TableIO
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.tables import TableIO
 
     tables = TableIO(spark, load_config("local", REPO / "conf", [f"app.data_root={tmp_path}"]))
     assert tables.read("bronze_events").count() == 2
@@ -438,7 +438,7 @@ def test_csv_battery_every_line_accounted_and_hostile_ids_kept(spark, tables, cf
 def test_json_lines_nested_paths_bad_lines_and_hostile_ids(spark, tables, cfg_factory, tmp_path):
     """Generic JSON lines, one ingest: a mapping into nested objects (user.id), every bad line with its reason,
     and hostile ids (newlines and tabs too, escaped or not) unchanged in bronze and silver."""
-    from jobs.sessionize import run_sessionize
+    from shopseq.jobs.stages.sessionize import run_sessionize
 
     cfg = cfg_factory(*NOW, "tables.optimize=false", "source.format=generic", "source.reader=json", "source.time_format=unix_s",
                       "source.mapping={user_id: user.id, item_id: item, category_id: cat, event_time: ts, event_type: kind}")
@@ -540,9 +540,9 @@ def test_refusals_are_one_line_and_exit_2(spark, tmp_path, capsys):
     import gzip
     import re
 
-    from jobs.config import load_config
-    from jobs.run import main as run_main
-    from jobs.tables import TableIO
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.stages.run import main as run_main
+    from shopseq.jobs.tables import TableIO
 
     root, conf = tmp_path / "root", ["--conf-dir", str(REPO / "conf"), *[x for kv in NOW for x in ("--set", kv)]]
 
@@ -587,7 +587,7 @@ def test_refusals_are_one_line_and_exit_2(spark, tmp_path, capsys):
     # task with its Java stack trace (by the Executor, again by the TaskSetManager) unless jobs/spark.py quiets them.
     # A process of its own: this test session's JVM writes to the stderr it was started with, which capsys and capfd never see.
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.ingest", "--format", "taobao", "--input", str(tmp_path / "cut.csv.gz"), *conf, "--set", f"app.data_root={tmp_path / 'gz_root'}"],
+        [sys.executable, "-m", "shopseq.jobs.stages.ingest", "--format", "taobao", "--input", str(tmp_path / "cut.csv.gz"), *conf, "--set", f"app.data_root={tmp_path / 'gz_root'}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == line

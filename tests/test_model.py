@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.model import MultiTaskModel, ModelConfig, masked_bce, next_item_loss, next_targets, window_scores, window_scores_at, window_summary, window_summary_size
+from shopseq.training.model import MultiTaskModel, ModelConfig, masked_bce, next_item_loss, next_targets, window_scores, window_scores_at, window_summary, window_summary_size
 
 
 SEQ = {"item_idx_seq": "item", "category_idx_seq": "category", "event_type_idx_seq": "event_type", "hour_seq": "hour", "price_seq": None}

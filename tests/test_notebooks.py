@@ -40,12 +40,12 @@ def test_notebooks_define_no_logic():
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
         assert "def " not in code and "class " not in code, f"{path.name}: notebooks import the package, they define no functions"
-        assert "from jobs.config import load_config" in code and "TableIO" in code
+        assert "from shopseq.jobs.config import load_config" in code and "TableIO" in code
 
 
 def test_notebooks_run_top_to_bottom(trained, monkeypatch):
-    from jobs.evaluate import run_evaluate
-    from jobs.predict import run_predict
+    from shopseq.jobs.stages.evaluate import run_evaluate
+    from shopseq.jobs.stages.predict import run_predict
 
     evaluation = run_evaluate(trained.tables, trained.cfg)
     run_predict(trained.tables, trained.cfg)

@@ -4,7 +4,7 @@ The artifacts are built once, by the Makefile's own ``dist`` recipe run on a
 copy of the working tree (so the checkout's ``build/`` and ``dist/`` stay
 untouched), and each is imported in a fresh interpreter started outside the
 repo with the editable install's finder removed: only the artifact can
-provide ``jobs``, ``features`` and ``training``.
+provide ``shopseq.jobs``, ``shopseq.features`` and ``shopseq.training``.
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import load_config, to_dict
-from jobs.spark import python_env
+from shopseq.jobs.config import load_config, to_dict
+from shopseq.jobs.spark import python_env
 
 REPO = Path(__file__).resolve().parent.parent
-CODE = ("jobs", "features", "training")
+CODE = ("jobs", "features", "training", "conf")  # folders of the checkout, installed as shopseq.<folder>
 
 # Run in the fresh interpreter: import from whatever PYTHONPATH holds, load the cluster layers with no conf dir given.
 PROBE = r"""
 import json, sys
 sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
-import jobs.config, features.sessionize, training.model
-from jobs.config import default_conf_dir, load_config, to_dict
+import shopseq.jobs.config, shopseq.features.sessionize, shopseq.training.model
+from shopseq.jobs.config import default_conf_dir, load_config, to_dict
 conf = default_conf_dir()
 print(json.dumps({
-    "modules": [m.__file__ for m in (jobs.config, features.sessionize, training.model)],
+    "modules": [m.__file__ for m in (shopseq.jobs.config, shopseq.features.sessionize, shopseq.training.model)],
     "conf": str(conf),
     "protocols": sorted(p.name for p in (conf / "protocols").glob("*.yaml")),
     "config": to_dict(load_config("cluster")),
@@ -58,11 +58,11 @@ def _probe(pythonpath: Path, cwd: Path) -> dict:
 
 def _expected_conf() -> set[str]:
     conf = REPO / "conf"
-    return {f"jobs/conf/{p.relative_to(conf)}" for p in conf.rglob("*.yaml")} | {"jobs/conf/README.md"}
+    return {f"shopseq/conf/{p.relative_to(conf)}" for p in conf.rglob("*.yaml")} | {"shopseq/conf/README.md"}
 
 
 def _expected_code() -> set[str]:
-    return {str(p.relative_to(REPO)) for name in CODE for p in (REPO / name).rglob("*.py") if "__pycache__" not in p.parts}
+    return {f"shopseq/{p.relative_to(REPO)}" for name in CODE for p in (REPO / name).rglob("*.py") if "__pycache__" not in p.parts}
 
 
 def _repo_cluster_config() -> dict:
@@ -72,13 +72,13 @@ def _repo_cluster_config() -> dict:
 def test_the_wheel_carries_every_module_and_the_conf_and_an_installed_copy_loads_it_with_no_conf_dir(dist: Path, tmp_path: Path):
     (wheel,) = dist.glob("shopseq-*-py3-none-any.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {n for n in names if n.startswith("jobs/conf/")} == _expected_conf()
+    assert {n for n in names if n.startswith("shopseq/conf/") and not n.endswith(".py")} == _expected_conf()
     assert {n for n in names if n.endswith(".py")} == _expected_code()
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)  # what pip install puts into site-packages
     seen = _probe(site, tmp_path / "elsewhere")
     assert [Path(m).is_relative_to(site) for m in seen["modules"]] == [True, True, True]
-    assert seen["conf"] == str(site / "jobs" / "conf")
+    assert seen["conf"] == str(site / "shopseq" / "conf")
     assert seen["protocols"] == sorted(p.name for p in (REPO / "conf" / "protocols").glob("*.yaml"))
     assert seen["config"] == _repo_cluster_config()
     assert (seen["config"]["spark"]["master"], seen["config"]["features"]["train_ranks"]) == (None, seen["config"]["train"]["num_proc"])

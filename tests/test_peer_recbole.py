@@ -1,4 +1,4 @@
-"""The RecBole peer runner (jobs/peers/recbole_run.py) in the RecBole venv that `make peer-recbole` builds.
+"""The RecBole peer runner (peers/recbole_run.py) in the RecBole venv that `make peer-recbole` builds.
 
 Skips when that venv is absent: it lives outside the repo and is not part of `make test`.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.metrics import TargetRanks, expected_at_k
+from shopseq.training.metrics import TargetRanks, expected_at_k
 
 REPO = Path(__file__).resolve().parent.parent
-RUNNER = REPO / "jobs" / "peers" / "recbole_run.py"
+RUNNER = REPO / "peers" / "recbole_run.py"
 RECBOLE_VENV = Path(os.environ.get("SHOPSEQ_RECBOLE_VENV", Path.home() / ".cache" / "shopseq" / "recbole-venv"))
 RECBOLE_PYTHON = RECBOLE_VENV / "bin" / "python"
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from features.scoring import latest_windows, window_columns
-from features.sequences import build_examples, prepare_events, to_gold
-from features.splits import SplitBounds
-from features.vocab import OOV_INDEX, fit_vocab
-from jobs.config import FeaturesConfig
+from shopseq.features.scoring import latest_windows, window_columns
+from shopseq.features.sequences import build_examples, prepare_events, to_gold
+from shopseq.features.splits import SplitBounds
+from shopseq.features.vocab import OOV_INDEX, fit_vocab
+from shopseq.jobs.config import FeaturesConfig
 from tests.rows import silver, ts, us
 
 AS_OF = "2024-01-03 00:00:00"
@@ -109,10 +109,10 @@ def _rows(tables, name: str, where=None) -> list[tuple]:
 def test_predict_rerun_replaces_only_its_partition_and_matches_in_process_scores(trained):
     import torch
 
-    from features.vocab import FIRST_INDEX
-    from jobs.predict import PREDICTIONS, LATEST, as_of_key, build_windows, frame_to_tensors, model_inputs, run_predict
-    from jobs.train import open_checkpoint
-    from training.checkpoint import load_model, predict_tensors
+    from shopseq.features.vocab import FIRST_INDEX
+    from shopseq.jobs.stages.predict import PREDICTIONS, LATEST, as_of_key, build_windows, frame_to_tensors, model_inputs, run_predict
+    from shopseq.jobs.stages.train import open_checkpoint
+    from shopseq.training.checkpoint import load_model, predict_tensors
 
     tables, cfg = trained.tables, trained.cfg
     silver = tables.read("silver_events")

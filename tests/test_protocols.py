@@ -10,11 +10,11 @@ import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from features.protocols import as_entity, kcore_round
-from features.sequences import build_examples, train_events
-from features.splits import split_bounds
-from features.vocab import fit_vocab
-from jobs.config import ConfigError, FeaturesConfig, load_config
+from shopseq.features.protocols import as_entity, kcore_round
+from shopseq.features.sequences import build_examples, train_events
+from shopseq.features.splits import split_bounds
+from shopseq.features.vocab import fit_vocab
+from shopseq.jobs.config import ConfigError, FeaturesConfig, load_config
 from tests.conftest import REPO
 from tests.rows import silver, us
 
@@ -55,7 +55,7 @@ def test_kcore_rounds_until_nothing_changes(spark):
 
 
 def test_filter_events_records_rounds_and_counts(spark):
-    from jobs.build_features import filter_events
+    from shopseq.jobs.stages.build_features import filter_events
 
     rows = [("a", "p"), ("a", "q"), ("a", "y"), ("b", "p"), ("b", "q"), ("c", "y"), ("c", "z")]
     events = spark.createDataFrame(rows, "user_id string, item_id string")
@@ -193,8 +193,8 @@ def test_presets_layer_between_dataset_and_set():
 
 
 def test_unknown_protocol_is_one_line(tmp_path, capsys):
-    from jobs.build_features import main
-    from jobs.common import protocol_layer
+    from shopseq.jobs.stages.build_features import main
+    from shopseq.jobs.common import protocol_layer
 
     assert protocol_layer(str(CONF), "session") == CONF / "protocols" / "session.yaml" and protocol_layer(None, None) is None
     assert main(["--protocol", "nope", "--set", f"app.data_root={tmp_path}"]) == 2
@@ -213,10 +213,10 @@ def test_unknown_protocol_is_one_line(tmp_path, capsys):
 def test_taobao_recbole_5core_counts(spark, shared_data: Path, tmp_path):
     """RecBole's 5-core LOO on the Taobao sample: 477 users, 1,656 items, 11,892 events on the raw file;
     through ingest, whose window quarantines 35 rows, 1,655 items and 11,887 events."""
-    from jobs.build_features import filter_events, run_features
-    from jobs.ingest import run_ingest
-    from jobs.sessionize import run_sessionize
-    from jobs.tables import TableIO
+    from shopseq.jobs.stages.build_features import filter_events, run_features
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.sessionize import run_sessionize
+    from shopseq.jobs.tables import TableIO
 
     path = shared_data / "taobao_head.csv"
     if not path.is_file():

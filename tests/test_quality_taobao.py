@@ -22,7 +22,7 @@ TASKS = ("next_item", "next_action", "purchase", "churn")
 @pytest.mark.shared_data
 def test_run_taobao_leave_one_out_writes_every_table_and_the_model_beats_markov_and_repeat_last(spark, tmp_path, capsys, shared_data):
     """NDCG@10 on the test targets (each user's last event), the paired bootstrap interval of model - baseline above 0."""
-    from jobs.run import main
+    from shopseq.jobs.stages.run import main
 
     path = shared_data / "taobao_head.csv"
     if not path.is_file():

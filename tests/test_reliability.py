@@ -2,7 +2,7 @@
 
 One data root is taken through the pipeline by a chain of real processes, each
 killed at a different point by the fault hook (``$SHOPSEQ_FAULT``,
-:func:`jobs.tables.fault_point`): during a write (SIGKILL from inside the
+:func:`shopseq.jobs.tables.fault_point`): during a write (SIGKILL from inside the
 Spark task that writes, so files are half-written and nothing commits) and
 between the commits of two tables, or of the last table and the schema
 artifact. Each process re-runs what the one before left unfinished. After each
@@ -53,7 +53,7 @@ def audit_rows(tables) -> list[tuple]:
 
 def unreferenced(tables, name: str) -> list[str]:
     """Parquet files under the table folder (its log's checkpoints aside) that its current snapshot does not reference."""
-    from jobs.tables import local_path
+    from shopseq.jobs.tables import local_path
 
     root = Path(tables.ref(name).location)
     on_disk = {str(p) for p in root.rglob("*.parquet") if "_delta_log" not in p.parts}
@@ -78,8 +78,8 @@ def rounded(value):
 @pytest.fixture(scope="module")
 def chain(trained, tmp_path_factory):
     """The killed processes, their exit codes and what each left behind (read back by this test's Spark)."""
-    from jobs.config import load_config
-    from jobs.tables import TableIO
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.tables import TableIO
 
     root = tmp_path_factory.mktemp("crash")
     logs = tmp_path_factory.mktemp("crash-logs")
@@ -93,7 +93,7 @@ def chain(trained, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def killed(fault: str, *argv: str) -> dict:
-        args = [sys.executable, "-m", "jobs.cli", *argv, "--conf-dir", str(REPO / "conf"), *[a for s in sets for a in ("--set", s)]]
+        args = [sys.executable, "-m", "shopseq.jobs.cli", *argv, "--conf-dir", str(REPO / "conf"), *[a for s in sets for a in ("--set", s)]]
         log_path = logs / f"{fault.replace(':', '_')}.log"
         with open(log_path, "w") as out:
             proc = subprocess.Popen(args, cwd=REPO, env={**env, "SHOPSEQ_FAULT": fault}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -149,8 +149,8 @@ def test_every_kill_leaves_each_table_at_a_committed_version_with_the_uninterrup
 
 
 def test_a_rerun_completes_the_pipeline_to_the_uninterrupted_rows_artifact_and_audit(chain, trained):
-    from jobs.run import run_pipeline
-    from jobs.tables import local_path
+    from shopseq.jobs.stages.run import run_pipeline
+    from shopseq.jobs.tables import local_path
 
     tables, root, s = chain["tables"], chain["root"], chain["states"]
     committed_predictions = s["predict"]["sums"]["predictions"]

@@ -49,9 +49,9 @@ def _task_rows(summary: str) -> dict[str, str]:
 @pytest.mark.e2e
 @pytest.mark.horovod
 def test_run_generated_two_ranks_then_rerun_changes_nothing(spark, tmp_path, capsys):
-    from jobs.config import load_config
-    from jobs.run import main
-    from jobs.tables import TableIO
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.stages.run import main
+    from shopseq.jobs.tables import TableIO
 
     overrides = _two_rank_overrides()
     tables = TableIO(spark, load_config("local", REPO / "conf", [f"app.data_root={tmp_path}", *overrides]))
@@ -88,7 +88,7 @@ def test_run_generated_two_ranks_then_rerun_changes_nothing(spark, tmp_path, cap
 
 def _assert_the_model_learned_and_beats_popularity(tables, root: Path) -> None:
     """The loss falls over the epochs; on gold_test the model's next-item NDCG@10 is clearly above most-popular's and its purchase AUC above chance."""
-    from training.checkpoint import load_model
+    from shopseq.training.checkpoint import load_model
 
     _, state = load_model(root / "checkpoints" / "best.pt")
     hist = state["history"]
@@ -109,7 +109,7 @@ def _assert_time_travel_reads_the_rows_training_read(spark, tables, root: Path) 
 
     (The files Delta's log lists for that version, which train.py hands to Petastorm.)
     """
-    from training.checkpoint import load_model
+    from shopseq.training.checkpoint import load_model
 
     used = load_model(root / "checkpoints" / "best.pt")[1]["lineage"]["gold_train_version"]
     trained_on = spark.read.parquet(*tables.files("gold_train", version=used))
@@ -121,7 +121,7 @@ def _assert_time_travel_reads_the_rows_training_read(spark, tables, root: Path) 
 
 
 def test_run_stage_subset_and_bad_stage(spark, tmp_path, capsys):
-    from jobs.run import main
+    from shopseq.jobs.stages.run import main
 
     # Without generate, the generated input is missing: the failing stage's one-line error, exit 2.
     assert main(_args(tmp_path, "--stages", "ingest,sessionize", overrides=[])) == 2
@@ -132,8 +132,8 @@ def test_run_stage_subset_and_bad_stage(spark, tmp_path, capsys):
 
 
 def test_dataset_layer_sits_between_env_and_set(tmp_path):
-    from jobs.config import ConfigError, load_config
-    from jobs.run import dataset_layer
+    from shopseq.jobs.config import ConfigError, load_config
+    from shopseq.jobs.stages.run import dataset_layer
 
     layer = dataset_layer(str(REPO / "conf"), "taobao")
     assert layer == REPO / "conf" / "datasets" / "taobao.yaml"
@@ -151,8 +151,8 @@ def test_dataset_layer_sits_between_env_and_set(tmp_path):
 
 
 def test_select_stages():
-    from jobs.common import InputError
-    from jobs.run import STAGES, select_stages
+    from shopseq.jobs.common import InputError
+    from shopseq.jobs.stages.run import STAGES, select_stages
 
     assert select_stages(None, real_data=False) == STAGES
     assert select_stages(None, real_data=True) == STAGES[1:]
@@ -163,7 +163,7 @@ def test_select_stages():
 
 
 def test_summary_text():
-    from jobs.run import format_summary
+    from shopseq.jobs.stages.run import format_summary
 
     result = {
         "stages": [{"stage": "features", "seconds": 3.25, "skipped": True}, {"stage": "evaluate", "seconds": 12.0, "skipped": False}],

@@ -11,9 +11,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from features.schema import EVENT_SCHEMA
-from features.sessionize import REMOVED_FLAG, SESSIONS_SCHEMA, SILVER_SCHEMA, removal_metrics, sessionize, sessions_table, silver_events
-from jobs.config import SessionizeConfig
+from shopseq.features.schema import EVENT_SCHEMA
+from shopseq.features.sessionize import REMOVED_FLAG, SESSIONS_SCHEMA, SILVER_SCHEMA, removal_metrics, sessionize, sessions_table, silver_events
+from shopseq.jobs.config import SessionizeConfig
 
 GAP30 = SessionizeConfig(gap_minutes=30.0)
 
@@ -235,7 +235,7 @@ def test_one_shuffle_one_sort_no_python(spark):
 
 
 def test_job_writes_silver_and_sessions_and_a_rerun_changes_nothing(spark, tables, cfg_factory, tmp_path, caplog):
-    from jobs.sessionize import main, run_sessionize
+    from shopseq.jobs.stages.sessionize import main, run_sessionize
 
     cfg = cfg_factory("tables.optimize=false")  # one commit per write (OPTIMIZE: the next test)
     tables.append("bronze_events", spark.createDataFrame(FUNNEL_ROWS, EVENT_SCHEMA), partition_by=["event_date"])
@@ -272,7 +272,7 @@ def test_job_writes_silver_and_sessions_and_a_rerun_changes_nothing(spark, table
 
 
 def test_optimize_leaves_one_file_per_day_clustered_by_user_and_a_rerun_still_skips(spark, tables, cfg_factory):
-    from jobs.sessionize import run_sessionize
+    from shopseq.jobs.stages.sessionize import run_sessionize
 
     cfg = cfg_factory()  # tables.optimize: true (the default)
     rows = spark.createDataFrame(FUNNEL_ROWS, EVENT_SCHEMA).repartition(4)  # several files per day in silver before OPTIMIZE
@@ -288,7 +288,7 @@ def test_optimize_leaves_one_file_per_day_clustered_by_user_and_a_rerun_still_sk
 
 
 def test_job_without_bronze_is_a_one_line_error(tmp_path, spark, capsys):
-    from jobs.sessionize import main
+    from shopseq.jobs.stages.sessionize import main
 
     conf_dir = Path(__file__).resolve().parent.parent / "conf"
     assert main(["--conf-dir", str(conf_dir), "--set", f"app.data_root={tmp_path}"]) == 2
@@ -387,7 +387,7 @@ def test_bench_duckdb_sql_matches_the_spark_transforms(spark, tmp_path):
     """The DuckDB reference computes exactly the Spark outputs (repeats removed, bots flagged, midnight crossed)."""
     import duckdb
 
-    from jobs.bench_sessionize import duckdb_sessionize_to_parquet, spark_sessionize_to_parquet
+    from shopseq.jobs.bench.sessionize import duckdb_sessionize_to_parquet, spark_sessionize_to_parquet
 
     rows = FUNNEL_ROWS + [
         ev("r1", "u3", "2024-01-01 10:00:00", "view", "i1"),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from training import storage
+from shopseq.training import storage
 
 # --------------------------------------------------------------------------- the storage module on local paths
 
@@ -156,19 +156,19 @@ def test_s3_object_appears_whole_or_not_at_all(s3):
 
 
 def _cfg(*overrides: str):
-    from jobs.config import load_config
+    from shopseq.jobs.config import load_config
 
     return load_config("local", REPO / "conf", list(overrides))
 
 
 def test_artifact_root_on_s3_schema_reports_and_config(s3, tmp_path):
     """The jobs' artifact I/O with ``app.artifact_root`` on S3: schema artifact, evaluation and benchmark reports."""
-    from jobs.benchkit import write_report as write_bench_report
-    from jobs.build_features import _write_schema, schema_path
-    from jobs.catalog import catalog
-    from jobs.report import report_files, write_report
-    from jobs.train import load_schema
-    from training.evaluation import Evaluation, MetricRow
+    from shopseq.jobs.bench.kit import write_report as write_bench_report
+    from shopseq.jobs.stages.build_features import _write_schema, schema_path
+    from shopseq.jobs.catalog import catalog
+    from shopseq.jobs.stages.report import report_files, write_report
+    from shopseq.jobs.stages.train import load_schema
+    from shopseq.training.evaluation import Evaluation, MetricRow
 
     cfg = _cfg(f"app.data_root={tmp_path}/data", f"app.artifact_root={s3}")
     assert schema_path(cfg) == f"{s3}/gold/schema.json"
@@ -226,13 +226,13 @@ def _gold_files(folder: Path, n: int, seed: int, files: int) -> list[str]:
 
 def test_training_checkpoints_to_s3_and_evaluation_opens_them(s3, tmp_path):
     """Rank 0 writes its checkpoints to ``s3://`` (no shared disk); the freshness check and ``open_checkpoint`` read them back."""
-    from jobs.build_features import _write_schema, schema_path
-    from jobs.catalog import catalog
-    from jobs.train import keep_earlier_run, open_checkpoint
+    from shopseq.jobs.stages.build_features import _write_schema, schema_path
+    from shopseq.jobs.catalog import catalog
+    from shopseq.jobs.stages.train import keep_earlier_run, open_checkpoint
     from tests.test_training import _params, _schema
-    from training.checkpoint import load_model
-    from training.launch import launch
-    from training.loop import _latest_checkpoint, train_fn
+    from shopseq.training.checkpoint import load_model
+    from shopseq.training.launch import launch
+    from shopseq.training.loop import _latest_checkpoint, train_fn
 
     cfg = _cfg(f"app.data_root={tmp_path}/data", f"app.artifact_root={s3}", "train.epochs=2")
     ckpt_dir = catalog(cfg).checkpoints
@@ -267,7 +267,7 @@ def test_training_checkpoints_to_s3_and_evaluation_opens_them(s3, tmp_path):
 
 def test_training_resumes_from_a_checkpoint_on_s3(s3, tmp_path):
     from tests.test_training import _params
-    from training.loop import train_fn
+    from shopseq.training.loop import train_fn
 
     gold = {"train": _gold_files(tmp_path / "train", 128, 1, 2), "val": _gold_files(tmp_path / "val", 64, 2, 2)}
     first = train_fn(_params(gold, f"{s3}/ckpt", epochs=1, max_steps_per_epoch=2))

@@ -16,7 +16,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.tables import TableError, TableIO, table_ref
+from shopseq.jobs.tables import TableError, TableIO, table_ref
 from tests.conftest import REPO
 
 SCHEMA = "id long, name string, ts timestamp, event_date date"
@@ -50,7 +50,7 @@ def _rows(df) -> list[tuple]:
 
 
 def test_table_ref_resolution(tmp_path):
-    from jobs.config import TablesConfig
+    from shopseq.jobs.config import TablesConfig
 
     assert table_ref(TablesConfig(), "silver_events", str(tmp_path)).location == str(tmp_path / "tables" / "silver_events")
     uc = table_ref(TablesConfig(catalog="main", schema="shop"), "silver_events", "x")
@@ -61,7 +61,7 @@ def test_table_ref_resolution(tmp_path):
 
 
 def test_the_session_runs_delta_spark_from_the_cached_jars(spark):
-    from jobs.spark import delta_jars, delta_version
+    from shopseq.jobs.spark import delta_jars, delta_version
 
     assert spark.conf.get("spark.sql.extensions") == "io.delta.sql.DeltaSparkSessionExtension"
     assert delta_version() == "3.2.1"  # = DELTA_VERSION in the Makefile, whose JARs these are
@@ -196,9 +196,9 @@ def test_refused_write_leaves_table_unchanged(tables, df, spark):
 _KILLED_WRITER = """
 import sys, time
 from pathlib import Path
-from jobs.config import load_config
-from jobs.spark import get_spark
-from jobs.tables import TableIO
+from shopseq.jobs.config import load_config
+from shopseq.jobs.spark import get_spark
+from shopseq.jobs.tables import TableIO
 root, marker = sys.argv[1], Path(sys.argv[2])
 cfg = load_config("local", "conf", [f"app.data_root={root}"])
 spark = get_spark(cfg.spark)
@@ -274,7 +274,7 @@ def test_missing_table_is_a_clear_error(tables):
 
 
 def test_vacuum_deletes_superseded_and_orphan_files_only_past_the_retention(tables, df, spark):
-    from jobs.tables import local_path
+    from shopseq.jobs.tables import local_path
 
     tables.append("flat", df.drop("event_date").repartition(1))
     root = Path(tables.ref("flat").location)

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from training.launch import launch
-from training.loop import TrainParams, lr_factor, train_fn
+from shopseq.training.launch import launch
+from shopseq.training.loop import TrainParams, lr_factor, train_fn
 
 L, N_ITEMS = 8, 24
 SEQ_COLS = {"item_idx_seq": "item", "category_idx_seq": "category", "event_type_idx_seq": "event_type", "price_seq": None}
@@ -48,8 +48,8 @@ def _rows(n: int, seed: int) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def gold(spark, tmp_path_factory):
-    from jobs.config import load_config
-    from jobs.tables import TableIO
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.tables import TableIO
     from tests.conftest import REPO
 
     root = tmp_path_factory.mktemp("gold")
@@ -128,7 +128,7 @@ def test_a_killed_rank_stops_the_job_with_one_line_and_a_rerun_resumes_its_epoch
     epoch 0; the re-run resumes there and its epoch 1 matches the uninterrupted run's (deterministic, CPU)."""
     import time
 
-    from training.launch import TrainingFailed
+    from shopseq.training.launch import TrainingFailed
 
     full, _ = two_ranks
     ckpt = tmp_path / "killed"
@@ -200,7 +200,7 @@ def test_a_killed_torch_distributor_rank_stops_the_job_with_one_line(gold, torch
     raises TrainingFailed naming rank 1 and the checkpoint of epoch 0; the re-run resumes there and matches the uninterrupted run."""
     import time
 
-    from training.launch import TrainingFailed
+    from shopseq.training.launch import TrainingFailed
 
     full, _, _ = torch_two_ranks
     ckpt = tmp_path / "killed"
@@ -227,7 +227,7 @@ def test_a_killed_torch_distributor_rank_stops_the_job_with_one_line(gold, torch
 
 
 def test_horovod_spark_kwargs_carry_the_executors_python_nics_and_start_timeout():
-    from training.launch import horovod_spark_kwargs
+    from shopseq.training.launch import horovod_spark_kwargs
 
     env = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "20"}
     assert horovod_spark_kwargs(4, 300, env, ["eth0", "ib0"], "./env/bin/python") == {
@@ -239,7 +239,7 @@ def test_horovod_spark_kwargs_carry_the_executors_python_nics_and_start_timeout(
 def test_executor_python_is_the_sessions_then_the_environments_then_this_one(spark):
     import sys
 
-    from training.launch import _pyspark_python_conf, executor_python
+    from shopseq.training.launch import _pyspark_python_conf, executor_python
 
     assert executor_python("./env/bin/python", {"PYSPARK_PYTHON": "/opt/py/bin/python"}) == "./env/bin/python"  # the session's conf wins
     assert executor_python(None, {"PYSPARK_PYTHON": "/opt/py/bin/python"}) == "/opt/py/bin/python"
@@ -256,7 +256,7 @@ def test_rank_entry_finds_the_jobs_py_files_in_the_executors_working_directory(t
 
     from pyspark import cloudpickle
 
-    from training.launch import rank_entry
+    from shopseq.training.launch import rank_entry
 
     shipped = tmp_path / "build" / "probe_pkg.zip"
     shipped.parent.mkdir()

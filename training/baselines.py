@@ -4,7 +4,7 @@ Pure numpy / scipy.sparse / torch: no Spark, no I/O. Every scorer is fitted
 with ``fit(train, n_items, params)`` and answers
 ``scores(data, rows) -> Tensor [n_rows, n_items] float64`` for the rows
 ``rows`` of a gold split ``data`` (a dict of tensors as
-:func:`training.data.load_tensors` returns them): higher is better; the
+:func:`shopseq.training.data.load_tensors` returns them): higher is better; the
 caller ignores index 0 (padding) and 1 (OOV). :func:`fit_next_item_baselines`
 fits them all from one pass over the train data.
 
@@ -34,7 +34,7 @@ except by accident of floating point).
 **Train data** (:func:`train_events`): consecutive train windows of a user
 overlap, so each event is identified by ``(user_key, position)`` with the
 position of window slot ``j`` ``frequency - L + j`` and the next-item label
-at ``frequency`` (as in :mod:`training.evaluation`), and kept once. An event
+at ``frequency`` (as in :mod:`shopseq.training.evaluation`), and kept once. An event
 seen in a window carries its ``session_start_seq`` flag and the earliest
 ``cutoff_time_us`` of the windows holding it (the first moment the data shows
 it happened: an upper bound on its time, never in the future of that cutoff).
@@ -64,8 +64,8 @@ import torch
 from scipy import sparse
 from torch import Tensor
 
-from training.metrics import SPECIAL_ITEMS
-from training.model import ITEM_FEATURE
+from shopseq.training.metrics import SPECIAL_ITEMS
+from shopseq.training.model import ITEM_FEATURE
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import torch
 
-from training import storage
-from training.model import ModelConfig, MultiTaskModel
+from shopseq.training import storage
+from shopseq.training.model import ModelConfig, MultiTaskModel
 
 
 def load_model(path: Any, device: str = "cpu") -> tuple[MultiTaskModel, dict[str, Any]]:
     """The model in eval mode, and the checkpoint's state (epoch, history, schema, lineage).
 
-    ``path``: a local path, a URI (``s3://...``, read through :mod:`training.storage`) or a file object.
+    ``path``: a local path, a URI (``s3://...``, read through :mod:`shopseq.training.storage`) or a file object.
     """
     if isinstance(path, (str, os.PathLike)):
         state = storage.load_torch(os.fspath(path), map_location=device)

@@ -1,6 +1,6 @@
 """What a training rank does with its peers, behind one small interface with two backends.
 
-:func:`train_fn <training.loop.train_fn>` calls these and nothing else for
+:func:`train_fn <shopseq.training.loop.train_fn>` calls these and nothing else for
 distribution, so the same loop runs under every launcher:
 
 - :class:`HorovodDist`: Horovod's collectives (``horovod.spark.run``,

@@ -1,11 +1,11 @@
 """Offline evaluation: metrics on a gold split and the baselines the model is compared with.
 
 Pure numpy / torch / scikit-learn / LightGBM: no Spark, no I/O
-(``jobs/evaluate.py`` reads the tables and writes the results). Every metric
+(``jobs/stages/evaluate.py`` reads the tables and writes the results). Every metric
 counts only the rows whose label mask is 1; a censored label (mask 0) is left
 out, never a negative.
 
-**Next item** (full-catalogue ranking, :mod:`training.metrics`). Ties count by
+**Next item** (full-catalogue ranking, :mod:`shopseq.training.metrics`). Ties count by
 their expected value under a uniformly random order of the tied items: with
 ``g`` real items scored strictly higher than the target and ``t`` other real
 items scored exactly as high, the target's position is uniform over
@@ -71,7 +71,7 @@ point values decide, and the comparison says ``interval: none``.
   train cutoffs, falling back to the most frequent overall.
 * ``repeat_last``: the window's last item first, then popularity; next event
   type: the last event's type.
-* the literature's next-item baselines of :mod:`training.baselines`, fitted on
+* the literature's next-item baselines of :mod:`shopseq.training.baselines`, fitted on
   the same train split: ``recent_pop`` (popularity in the last day before the
   cutoff), ``reconsume`` (recency-weighted re-consumption of the window's own
   items), ``item_knn`` (session co-occurrence cosine kNN of the last item),
@@ -79,7 +79,7 @@ point values decide, and the comparison says ``interval: none``.
   in that module and their wall times in ``method_seconds``.
 * ``logistic_regression`` and ``lightgbm`` (purchase, churn) see the inputs
   the model's purchase and churn heads see: the scalar profile features plus
-  the model's window summary (:func:`training.model.window_summary`, built
+  the model's window summary (:func:`shopseq.training.model.window_summary`, built
   with ``ModelConfig.from_schema``). Logistic regression (scikit-learn):
   numeric profiles as ``sign(x) * log1p(|x|)``, the summary as it is, both
   standardised on train, embedded profiles (the top category) one-hot.
@@ -110,9 +110,9 @@ import torch
 from scipy import sparse
 from torch import Tensor
 
-from training.baselines import BaselineParams, fit_next_item_baselines
-from training.metrics import SPECIAL_ITEMS, TargetRanks, expected_at_k, target_ranks
-from training.model import ITEM_FEATURE, ModelConfig, last_valid_index, window_summary, window_summary_size
+from shopseq.training.baselines import BaselineParams, fit_next_item_baselines
+from shopseq.training.metrics import SPECIAL_ITEMS, TargetRanks, expected_at_k, target_ranks
+from shopseq.training.model import ITEM_FEATURE, ModelConfig, last_valid_index, window_summary, window_summary_size
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def point_value(stat: Statistic, n: int) -> float:
 
 
 def ranks_in_batches(score_rows: Callable[[slice], Tensor], target: Tensor, mask: Tensor, batch_size: int = 1024) -> TargetRanks:
-    """:func:`training.metrics.target_ranks` of every labelled row, scoring ``batch_size`` rows at a time.
+    """:func:`shopseq.training.metrics.target_ranks` of every labelled row, scoring ``batch_size`` rows at a time.
 
     ``score_rows(rows)`` returns the ``[len(rows), n_items]`` scores of those
     rows (the full catalogue never has to be held for every row at once).
@@ -514,7 +514,7 @@ def profile_matrix(data: dict[str, Tensor], numeric: Sequence[str], embedded: Se
 
 @torch.no_grad()
 def summary_matrix(data: dict[str, Tensor], cfg: ModelConfig, batch_size: int = 8192) -> np.ndarray:
-    """``[n, window_summary_size(cfg)]`` float64: the model's :func:`training.model.window_summary` of each window."""
+    """``[n, window_summary_size(cfg)]`` float64: the model's :func:`shopseq.training.model.window_summary` of each window."""
     n = len(data[ITEM_FEATURE])
     width = window_summary_size(cfg)
     if width == 0:
@@ -689,14 +689,14 @@ def evaluate_all(
 ) -> Evaluation:
     """Score ``data`` with the model and every baseline (fitted on ``train``); all metrics with bootstrap intervals.
 
-    ``model`` is a :class:`training.model.MultiTaskModel` in eval mode;
+    ``model`` is a :class:`shopseq.training.model.MultiTaskModel` in eval mode;
     ``data`` and ``train`` hold the gold model columns plus ``user_key``.
     ``bootstrap_samples = 0`` computes no intervals. ``method_seconds``: the
     model's forward pass and ranking; each next-item baseline's ranking (their
     shared counts: ``sequence_baselines_fit``); each purchase / churn
     baseline's fit and prediction, both tasks together.
     """
-    from training.checkpoint import predict_tensors
+    from shopseq.training.checkpoint import predict_tensors
 
     sizes = schema["embedding_sizes"]
     n_items, n_types = int(sizes["item"]), int(sizes["event_type"])

@@ -15,8 +15,8 @@
   (or ``hosts``), gloo;
 - ``local``: ``train_fn`` in this process, without Horovod.
 
-Every launcher runs the same ``train_fn`` (:mod:`training.loop`), whose
-distributed calls go through :mod:`training.dist`.
+Every launcher runs the same ``train_fn`` (:mod:`shopseq.training.loop`), whose
+distributed calls go through :mod:`shopseq.training.dist`.
 
 A rank that dies ends the job: its peers' next collective fails at once when
 its sockets close, or after ``rank_timeout_s`` (Horovod's
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 Launcher = Literal["spark", "torch_distributor", "horovodrun", "local"]
 LAUNCHERS: tuple[str, ...] = ("spark", "torch_distributor", "horovodrun", "local")
-FAULT_ENV = "SHOPSEQ_FAULT"  # test hook (training.loop): forwarded to the ranks when set
+FAULT_ENV = "SHOPSEQ_FAULT"  # test hook (shopseq.training.loop): forwarded to the ranks when set
 # Horovod's RuntimeError when a rank's process exits non-zero (horovod/runner/gloo_run.py, 0.28.1).
 _HOROVOD_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
 # Spark's abort of TorchDistributor's barrier stage: the first task that failed, ResultTask(stage, partition); partition = rank.
@@ -214,9 +214,9 @@ def failure_message(exc: BaseException, checkpoint_dir: str | None, num_proc: in
 def resume_hint(checkpoint_dir: str | None) -> str:
     """Where a re-run with ``train.resume: true`` continues: ``last.pt`` and its epoch, or from scratch.
 
-    ``checkpoint_dir`` may be a local folder or a URI (:mod:`training.storage`).
+    ``checkpoint_dir`` may be a local folder or a URI (:mod:`shopseq.training.storage`).
     """
-    from training import storage
+    from shopseq.training import storage
 
     path = storage.join(checkpoint_dir, "last.pt") if checkpoint_dir else None
     if not path or not storage.isfile(path):

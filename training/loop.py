@@ -5,7 +5,7 @@ the same in one process (``params.distributed = False``), in Horovod ranks
 started by ``horovod.spark.run`` or ``horovodrun`` (``params.backend =
 "horovod"``), or in ``torch.distributed`` ranks started by ``TorchDistributor``
 (``"torch"``), on CPU (gloo) or one GPU per rank. Everything distributed goes
-through :mod:`training.dist`. Only rank 0 logs and writes checkpoints.
+through :mod:`shopseq.training.dist`. Only rank 0 logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from training.dist import Dist, init_dist
+from shopseq.training.dist import Dist, init_dist
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TrainParams:
     train_files: list[str]
     val_files: list[str]
     checkpoint_dir: str
-    model: dict[str, Any] = field(kw_only=True)  # ModelConfig kwargs (jobs.train.model_kwargs): encoder, dim, layers, heads, dropout, repeat, ...
+    model: dict[str, Any] = field(kw_only=True)  # ModelConfig kwargs (shopseq.jobs.stages.train.model_kwargs): encoder, dim, layers, heads, dropout, repeat, ...
     batch_size: int = _from_train_config()
     epochs: int = _from_train_config()
     lr: float = _from_train_config()
@@ -65,8 +65,8 @@ class TrainParams:
     max_steps_per_epoch: int | None = _from_train_config()  # quick mode
     item_counts: list[int] | None = None  # item frequencies (index order) for the sampled softmax proposal
     distributed: bool = True
-    backend: str = "horovod"  # the ranks' collectives (training.dist): "horovod" | "torch" (TorchDistributor); set by training.launch
-    rank_timeout_s: int | None = None  # torch backend: seconds a collective waits for a peer (train.rank_timeout_s, set by training.launch)
+    backend: str = "horovod"  # the ranks' collectives (shopseq.training.dist): "horovod" | "torch" (TorchDistributor); set by shopseq.training.launch
+    rank_timeout_s: int | None = None  # torch backend: seconds a collective waits for a peer (train.rank_timeout_s, set by shopseq.training.launch)
     lineage: dict[str, Any] = field(default_factory=dict)  # vocab version, gold versions: saved in checkpoints
     source: str = "petastorm"  # "petastorm" (streamed) | "memory" (this rank's shard preloaded as tensors: benchmark reference)
     mlflow_tracking_uri: str | None = None  # rank 0 logs per-epoch metrics into mlflow_run_id
@@ -80,7 +80,7 @@ class TrainParams:
 
     @classmethod
     def from_config(cls, train: Any, **run: Any) -> "TrainParams":
-        """Params from the ``train`` config section (a ``jobs.config.TrainConfig``) plus this run's own fields.
+        """Params from the ``train`` config section (a ``shopseq.jobs.config.TrainConfig``) plus this run's own fields.
 
         ``run`` gives the fields config does not hold (schema, files,
         checkpoint folder, model kwargs, lineage, ...) and may override a
@@ -126,9 +126,9 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from training.data import load_tensors, model_columns, petastorm_batches, shard_files, steps_per_epoch, tensor_batches
-    from training.metrics import batch_ranking_sums, roc_auc
-    from training.model import ITEM_FEATURE, ModelConfig, MultiTaskModel, last_valid_index, masked_bce, next_item_loss, next_targets
+    from shopseq.training.data import load_tensors, model_columns, petastorm_batches, shard_files, steps_per_epoch, tensor_batches
+    from shopseq.training.metrics import batch_ranking_sums, roc_auc
+    from shopseq.training.model import ITEM_FEATURE, ModelConfig, MultiTaskModel, last_valid_index, masked_bce, next_item_loss, next_targets
 
     dist = init_dist(params.distributed, params.backend, params.rank_timeout_s)  # None for one process
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
@@ -166,7 +166,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     start_epoch, best, history, bad_epochs, saved_optimizer = 0, -math.inf, [], 0, None
     ckpt = _latest_checkpoint(params.checkpoint_dir) if params.resume else None
     if ckpt and rank == 0:
-        from training import storage
+        from shopseq.training import storage
 
         state = storage.load_torch(ckpt, map_location=device)
         model.load_state_dict(state["model"])
@@ -283,7 +283,7 @@ def train_fn(params: TrainParams) -> dict[str, Any]:
     return {"rank": rank, "size": size, "history": history, "weights_digest": digest, "weights_digests": digests, "stopped_early": stopped_early, "best": best}
 
 
-FAULT_ENV = "SHOPSEQ_FAULT"  # the same test hook as jobs.tables.fault_point
+FAULT_ENV = "SHOPSEQ_FAULT"  # the same test hook as shopseq.jobs.tables.fault_point
 _RANK_FAULT = re.compile(r"rank(\d+):epoch(\d+):step(\d+)")
 
 
@@ -324,8 +324,8 @@ def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, si
     import numpy as np
     import torch
 
-    from training.data import petastorm_batches
-    from training.model import ITEM_FEATURE
+    from shopseq.training.data import petastorm_batches
+    from shopseq.training.model import ITEM_FEATURE
 
     if not params.val_files:
         return {}
@@ -357,8 +357,8 @@ def _validate(model: Any, params: TrainParams, columns: list[str], rank: int, si
 
 
 def _latest_checkpoint(directory: str) -> str | None:
-    """``<directory>/last.pt`` when it exists (a local path or a URI, :mod:`training.storage`), else None."""
-    from training import storage
+    """``<directory>/last.pt`` when it exists (a local path or a URI, :mod:`shopseq.training.storage`), else None."""
+    from shopseq.training import storage
 
     path = storage.join(directory, "last.pt")
     return path if storage.isfile(path) else None
@@ -367,12 +367,12 @@ def _latest_checkpoint(directory: str) -> str | None:
 def _save_checkpoint(params: TrainParams, model: Any, optimizer: Any, epoch: int, best: float, history: list, bad_epochs: int, improved: bool) -> None:
     """Rank 0 only: ``epoch-NNNN.pt``, then ``last.pt`` (and ``best.pt``), then ``history.json``, each written atomically.
 
-    Through :mod:`training.storage`, so ``params.checkpoint_dir`` may be a URI
+    Through :mod:`shopseq.training.storage`, so ``params.checkpoint_dir`` may be a URI
     (``s3://...``) that the driver reads back when the rank runs on another
     machine: a temporary file and a rename locally, one PUT per object on
     object storage.
     """
-    from training import storage
+    from shopseq.training import storage
 
     state = {
         "model": model.state_dict(),

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 ITEM_FEATURE = "item_idx_seq"  # the sequence whose embedding table also scores next items (tied weights)
 TYPE_FEATURE = "event_type_idx_seq"  # the event types that key the repeat bias (repeat: recency_type)
-FIRST_ITEM = 2  # item indexes: 0 padding, 1 out-of-vocabulary (features.vocab); never given a repeat bias
+FIRST_ITEM = 2  # item indexes: 0 padding, 1 out-of-vocabulary (shopseq.features.vocab); never given a repeat bias
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ both::
     --set: 'sessionize.gap_minutes' expects float, got str 'soon'
     --set: 'train.num_proc' must be >= 1, got 0
 
-Each key is declared with :func:`features.params.setting` (default, meaning,
+Each key is declared with :func:`shopseq.features.params.setting` (default, meaning,
 valid values); :func:`reference_markdown` renders them as
 ``docs/configuration.md`` (``shopseq config --reference``), and ``shopseq
 config`` prints the validated config of a layer stack without starting Spark.
@@ -40,7 +40,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import yaml
 
 # The features layer's parameter objects and the way keys are declared live with it (imports point down only); re-exported here.
-from features.params import (  # noqa: F401
+from shopseq.features.params import (  # noqa: F401
     ISO_TIME,
     NAME,
     NON_EMPTY,
@@ -67,8 +67,8 @@ ENVIRONMENTS = ("local", "cluster", "databricks")
 
 
 def _artifact_location(value: str) -> bool:
-    """A non-empty local path, or a URI whose fsspec filesystem is installed (:func:`training.storage.check_location`)."""
-    from training.storage import check_location
+    """A non-empty local path, or a URI whose fsspec filesystem is installed (:func:`shopseq.training.storage.check_location`)."""
+    from shopseq.training.storage import check_location
 
     return bool(value.strip()) and check_location(value) is None
 
@@ -149,7 +149,7 @@ class TablesConfig(Validated):
 
 @dataclass(frozen=True)
 class TrainConfig(Validated):
-    """The sequence model and its distributed training (``training/loop.py``, ``jobs/train.py``).
+    """The sequence model and its distributed training (``training/loop.py``, ``jobs/stages/train.py``).
 
     Besides each key's own range: the transformer needs ``heads`` to divide
     ``dim``, and ``repeat: mixture`` needs the full softmax
@@ -210,7 +210,7 @@ class TrainConfig(Validated):
 
 @dataclass(frozen=True)
 class EvaluateConfig(Validated):
-    """``shopseq evaluate`` (``jobs/evaluate.py``): the model against baselines on a gold split."""
+    """``shopseq evaluate`` (``jobs/stages/evaluate.py``): the model against baselines on a gold split."""
 
     SECTION: ClassVar[str] = "evaluate"
 
@@ -232,7 +232,7 @@ class EvaluateConfig(Validated):
 
 @dataclass(frozen=True)
 class PredictConfig(Validated):
-    """``shopseq predict`` (``jobs/predict.py``): each user's latest window scored into Delta.
+    """``shopseq predict`` (``jobs/stages/predict.py``): each user's latest window scored into Delta.
 
     Windows are built with the features config, vocabulary version and price
     statistics recorded in the checkpoint's schema artifact, not with the
@@ -283,16 +283,16 @@ def default_conf_dir() -> Path:
         return Path(os.environ["SHOPSEQ_CONF_DIR"])
     if Path("conf/base.yaml").is_file():
         return Path("conf")
-    return packaged_conf_dir() or Path(__file__).resolve().parent.parent / "conf"
+    return packaged_conf_dir() or Path(__file__).resolve().parents[2] / "conf"
 
 
 @functools.cache
 def packaged_conf_dir() -> Path | None:
-    """The ``conf/`` that the wheel and the ``--py-files`` zip of ``make dist`` carry as ``jobs/conf``; None in a checkout.
+    """The ``conf/`` that the wheel and the ``--py-files`` zip of ``make dist`` carry as ``shopseq.conf`` (in an editable install, the checkout's ``conf/``); None when it has no ``base.yaml``.
 
     From a zip it is copied once into a temporary folder (removed at exit), so layers are plain files either way.
     """
-    shipped = importlib.resources.files("jobs") / "conf"
+    shipped = importlib.resources.files("shopseq.conf")
     if not (shipped / "base.yaml").is_file():
         return None
     if isinstance(shipped, Path):

@@ -51,11 +51,11 @@ from typing import Any, Callable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.bench_features import bench_config, spark_cores
-from jobs.benchkit import PeakRss, provenance, provenance_line, write_report
-from jobs.catalog import GOLD, SILVER_EVENTS, catalog
-from jobs.config import Config, SourceConfig, default_conf_dir, load_config
-from jobs.tables import TableIO
+from shopseq.jobs.bench.features import bench_config, spark_cores
+from shopseq.jobs.bench.kit import PeakRss, provenance, provenance_line, write_report
+from shopseq.jobs.catalog import GOLD, SILVER_EVENTS, catalog
+from shopseq.jobs.config import Config, SourceConfig, default_conf_dir, load_config
+from shopseq.jobs.tables import TableIO
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ SAMPLE_S = 0.2
 
 
 class HeapAndRss(PeakRss):
-    """:class:`jobs.benchkit.PeakRss` of the process tree, plus the JVM's heap in use, sampled together every ``interval_s``."""
+    """:class:`shopseq.jobs.bench.kit.PeakRss` of the process tree, plus the JVM's heap in use, sampled together every ``interval_s``."""
 
     def __init__(self, spark: SparkSession, interval_s: float = SAMPLE_S) -> None:
         super().__init__(children=True, interval_s=interval_s)
@@ -193,9 +193,9 @@ def count_lines(folder: Path) -> int:
 
 def run_pipeline(spark: SparkSession, cfg: Config, root: str, input_dir: str) -> dict[str, Any]:
     """Ingest, sessionize and features of ``input_dir`` into a fresh data root ``root``, each stage measured; the run's figures and outcome."""
-    from jobs.build_features import run_features
-    from jobs.ingest import run_ingest
-    from jobs.sessionize import run_sessionize
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.sessionize import run_sessionize
 
     shutil.rmtree(root, ignore_errors=True)
     rcfg = run_config(cfg, root, input_dir)
@@ -283,7 +283,7 @@ def bench_bot(
     spark: SparkSession, cfg: Config, bot_events: int = DEFAULT_BOT_EVENTS, users: int = DEFAULT_USERS, args: argparse.Namespace | None = None, docs: Path | None = None
 ) -> dict[str, Any]:
     """Run the bot benchmark (see the module docstring); write ``reports/bench_bot.{json,md}`` (also into ``docs``) and return the report."""
-    from jobs.ingest import run_ingest
+    from shopseq.jobs.stages.ingest import run_ingest
 
     cat = catalog(cfg)
     tcfg = taobao_config(cfg, args)

@@ -4,7 +4,7 @@
 
 1. **input** (cached): about N generated events, shared with ``bench
    sessionize`` (``<app.data_root>/bench/sessionize/<N>``, made once by
-   :func:`jobs.bench_sessionize.bench_input`; ``--regenerate`` remakes it);
+   :func:`shopseq.jobs.bench.sessionize.bench_input`; ``--regenerate`` remakes it);
 2. **bronze** (cached, untimed): ``run_ingest`` of that raw Parquet into a
    bench-local data root, ``<app.data_root>/bench/features/<N>`` (its own
    tables whatever ``tables.*`` says, so the bench never touches real
@@ -54,12 +54,12 @@ from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
-from features.splits import SPLITS
-from jobs.bench_sessionize import bench_input, spark_sessionize_to_parquet
-from jobs.benchkit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
-from jobs.catalog import GOLD, SESSIONS, SILVER_EVENTS, VOCAB, catalog
-from jobs.config import Config, SourceConfig
-from jobs.tables import TableError, TableIO
+from shopseq.features.splits import SPLITS
+from shopseq.jobs.bench.sessionize import bench_input, spark_sessionize_to_parquet
+from shopseq.jobs.bench.kit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
+from shopseq.jobs.catalog import GOLD, SESSIONS, SILVER_EVENTS, VOCAB, catalog
+from shopseq.jobs.config import Config, SourceConfig
+from shopseq.jobs.tables import TableError, TableIO
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def bench_config(cfg: Config, root: str, raw_events: str) -> Config:
 
 def _bronze(tables: TableIO, cfg: Config, inp: dict[str, Any]) -> dict[str, Any]:
     """bronze_events of the bench root from the raw input, ingested once (untimed) and reused while the input is unchanged."""
-    from jobs.ingest import run_ingest
+    from shopseq.jobs.stages.ingest import run_ingest
 
     root = Path(catalog(cfg).location)
     manifest = Path(catalog(cfg).scratch("bronze.json"))
@@ -129,7 +129,7 @@ def _clear_outputs(tables: TableIO, cfg: Config) -> None:
 
 
 def _timed_job(spark: SparkSession, step: str, rows: int, cores: int, fn: Callable[[], Any]) -> tuple[Timing, Any]:
-    """Run ``fn`` under :func:`jobs.benchkit.timed` in its own Spark job group; the timing (with Spark's stage profile) and fn's result."""
+    """Run ``fn`` under :func:`shopseq.jobs.bench.kit.timed` in its own Spark job group; the timing (with Spark's stage profile) and fn's result."""
     group = f"bench-features-{step}-{time.time_ns()}"
     spark.sparkContext.setJobGroup(group, group)
     out: list[Any] = []
@@ -166,8 +166,8 @@ def _rate_dict(t: Timing, examples: int) -> dict[str, Any]:
 
 def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = False, repeat: int = 1) -> dict[str, Any]:
     """Benchmark the features job on about ``n`` generated events; the result dict of one size (see the module docstring)."""
-    from jobs.build_features import run_features
-    from jobs.sessionize import run_sessionize
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.stages.sessionize import run_sessionize
 
     cores = spark_cores(spark)
     cat = catalog(cfg)

@@ -18,7 +18,7 @@ stage skips: generate skips when its landing folder records the same
 ``generate`` config; ingest finds only duplicates (bronze and quarantine keep
 their versions; ``run_metrics`` gets its row); sessionize and features skip
 when their inputs' versions and config are unchanged; train
-(:func:`jobs.train.run_train`, as ``shopseq train``) skips when the last
+(:func:`shopseq.jobs.stages.train.run_train`, as ``shopseq train``) skips when the last
 checkpoint was trained on the current gold tables and vocabulary with the
 current model config and is finished, and starts a new run (instead of
 resuming, keeping the old checkpoint under ``<checkpoints>/runs/<run id>``)
@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from jobs.catalog import BRONZE_EVENTS, TABLES, catalog
-from jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
-from jobs.config import Config, default_conf_dir, to_dict
-from jobs.sources import FORMATS
-from jobs.tables import TableIO
+from shopseq.jobs.catalog import BRONZE_EVENTS, TABLES, catalog
+from shopseq.jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
+from shopseq.jobs.config import Config, default_conf_dir, to_dict
+from shopseq.jobs.sources import FORMATS
+from shopseq.jobs.tables import TableIO
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def select_stages(requested: str | None, real_data: bool) -> tuple[str, ...]:
 
 
 def _generate(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.generate import write_generated
+    from shopseq.jobs.stages.generate import write_generated
 
     cat = catalog(cfg)
     out_dir, marker = cat.landing, cat.generate_marker
@@ -140,7 +140,7 @@ def _generate(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
 
 
 def _ingest(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.ingest import run_ingest  # refuses a second dataset in one root itself (jobs.ingest.check_single_source)
+    from shopseq.jobs.stages.ingest import run_ingest  # refuses a second dataset in one root itself (shopseq.jobs.stages.ingest.check_single_source)
 
     m = run_ingest(tables, cfg, input_path=opts.input_path, fmt=opts.fmt, limit=opts.limit)
     nothing_new = m["accepted"] == 0 and m["quarantined"] == 0
@@ -148,35 +148,35 @@ def _ingest(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
 
 
 def _sessionize(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.sessionize import run_sessionize
+    from shopseq.jobs.stages.sessionize import run_sessionize
 
     stats = run_sessionize(tables, cfg)
     return StageRun("sessionize", 0.0, bool(stats["skipped"]), stats)
 
 
 def _features(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.build_features import run_features
+    from shopseq.jobs.stages.build_features import run_features
 
     artifact = run_features(tables, cfg)
     return StageRun("features", 0.0, bool(artifact["skipped"]), artifact)
 
 
 def _train(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.train import run_train
+    from shopseq.jobs.stages.train import run_train
 
     result = run_train(tables, cfg)  # keeps a current finished checkpoint, resumes a current unfinished one, else starts a new run
     return StageRun("train", 0.0, bool(result["skipped"]), result)
 
 
 def _evaluate(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.evaluate import run_evaluate
+    from shopseq.jobs.stages.evaluate import run_evaluate
 
     result = run_evaluate(tables, cfg)
     return StageRun("evaluate", 0.0, bool(result["skipped"]), result)
 
 
 def _predict(tables: TableIO, cfg: Config, opts: RunOptions) -> StageRun:
-    from jobs.predict import run_predict
+    from shopseq.jobs.stages.predict import run_predict
 
     result = run_predict(tables, cfg)
     return StageRun("predict", 0.0, False, result)  # always rewrites its own (as-of, model version) partition

@@ -5,7 +5,7 @@ decide what to do with the checkpoint already there (:func:`train_status`);
 resolve the current files of ``gold_train`` and ``gold_val`` on the driver
 (training never touches Spark); open an MLflow run (local file store by
 default, the workspace on Databricks) with the config and lineage; launch
-:func:`training.loop.train_fn` on ``train.num_proc`` ranks with
+:func:`shopseq.training.loop.train_fn` on ``train.num_proc`` ranks with
 ``train.launcher``; log the rank-0 history and the checkpoint location.
 
 **A model is never stale.** Every entry point that trains (``shopseq train``,
@@ -24,7 +24,7 @@ model config (:data:`FRESHNESS_KEYS`, :func:`model_kwargs`):
 
 Evaluation and prediction open a checkpoint through :func:`open_checkpoint`:
 one resolution of ``best``/``last``/a path, one model version, and a refusal
-(:class:`~jobs.common.InputError`, exit 2) of a checkpoint whose vocabulary is
+(:class:`~shopseq.jobs.common.InputError`, exit 2) of a checkpoint whose vocabulary is
 not the gold tables' current one.
 """
 
@@ -40,14 +40,14 @@ import re
 import sys
 from typing import Any, Literal
 
-from jobs.build_features import schema_path
-from jobs.catalog import GOLD_TRAIN, GOLD_VAL, VOCAB, catalog
-from jobs.common import Context, InputError, run_stage, stage_parser
-from jobs.config import Config, TrainConfig, to_dict
-from jobs.tables import TableIO
-from training import storage
-from training.launch import LAUNCHERS, launch
-from training.loop import TrainParams, train_fn
+from shopseq.jobs.stages.build_features import schema_path
+from shopseq.jobs.catalog import GOLD_TRAIN, GOLD_VAL, VOCAB, catalog
+from shopseq.jobs.common import Context, InputError, run_stage, stage_parser
+from shopseq.jobs.config import Config, TrainConfig, to_dict
+from shopseq.jobs.tables import TableIO
+from shopseq.training import storage
+from shopseq.training.launch import LAUNCHERS, launch
+from shopseq.training.loop import TrainParams, train_fn
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def model_kwargs(tc: TrainConfig) -> dict[str, Any]:
-    """The :class:`training.model.ModelConfig` keys that come from ``train`` config (the schema gives the sizes).
+    """The :class:`shopseq.training.model.ModelConfig` keys that come from ``train`` config (the schema gives the sizes).
 
     The one place they are chosen: training saves them in the checkpoint and
     :func:`train_status` compares them to decide whether a checkpoint still fits.
@@ -88,7 +88,7 @@ def model_kwargs(tc: TrainConfig) -> dict[str, Any]:
 
 
 def train_params(cfg: Config, **run: Any) -> TrainParams:
-    """The one builder of :class:`training.loop.TrainParams` (``shopseq train`` and ``shopseq bench train``).
+    """The one builder of :class:`shopseq.training.loop.TrainParams` (``shopseq train`` and ``shopseq bench train``).
 
     Every ``train.*`` field comes from ``cfg.train`` (:meth:`TrainParams.from_config`),
     the model kwargs from :func:`model_kwargs`, the rank-0 log level from
@@ -99,7 +99,7 @@ def train_params(cfg: Config, **run: Any) -> TrainParams:
 
 
 def load_schema(cfg: Config) -> dict[str, Any]:
-    """The gold schema artifact (a local path or a URI, :mod:`training.storage`); InputError when there is none."""
+    """The gold schema artifact (a local path or a URI, :mod:`shopseq.training.storage`); InputError when there is none."""
     path = schema_path(cfg)
     if not storage.isfile(path):
         raise InputError(f"no gold schema artifact at {path}: run `shopseq features` first")

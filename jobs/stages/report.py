@@ -7,7 +7,7 @@ the model and each baseline), ``roc_<task>.png`` and
 ``calibration_<task>.png`` for purchase and churn (the model against logistic
 regression and LightGBM on the profiles and the window summary). Every file
 is written to a temporary name and renamed, so a reader never sees half a
-report (:mod:`training.storage`: the folder may be a URI such as ``s3://...``).
+report (:mod:`shopseq.training.storage`: the folder may be a URI such as ``s3://...``).
 Values are shown as ``value [low, high]`` when an interval exists.
 """
 
@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from training import storage
-from training.evaluation import ACTION_METRICS, BINARY_METRICS, OOV_METRIC, PRIMARY_METRICS, RANKING_METRICS, Evaluation, MetricRow
+from shopseq.training import storage
+from shopseq.training.evaluation import ACTION_METRICS, BINARY_METRICS, OOV_METRIC, PRIMARY_METRICS, RANKING_METRICS, Evaluation, MetricRow
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def report_files(ks: Sequence[int]) -> list[str]:
 
 
 def write_report(report_dir: str, summary: dict[str, Any], evaluation: Evaluation, ks: Sequence[int], bins: int) -> str:
-    """Write the report folder (a local path or a URI, :mod:`training.storage`); returns the path of ``report.md``."""
+    """Write the report folder (a local path or a URI, :mod:`shopseq.training.storage`); returns the path of ``report.md``."""
     storage.makedirs(report_dir)
     _save_json(storage.join(report_dir, "metrics.json"), summary)
     _plot_model_vs_baselines(storage.join(report_dir, "model_vs_baselines.png"), evaluation.rows, ks)

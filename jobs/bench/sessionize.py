@@ -1,15 +1,15 @@
 """`shopseq bench sessionize`: Spark against DuckDB on the same input and cores.
 
 ``shopseq bench sessionize --events 1000000,10000000``: for each size, generate
-about that many events (``jobs.generate.write_generated``) and turn them into
-bronze-shaped Parquet once, untimed (``features.ingest.to_bronze``, or a
+about that many events (``shopseq.jobs.stages.generate.write_generated``) and turn them into
+bronze-shaped Parquet once, untimed (``shopseq.features.ingest.to_bronze``, or a
 minimal mapping when the ingest code is absent). That Parquet is the input of
 both engines, on the same number of cores:
 
-* **Spark** (``local[n]``): read -> :func:`features.sessionize.sessionize` ->
+* **Spark** (``local[n]``): read -> :func:`shopseq.features.sessionize.sessionize` ->
   silver events as Parquet (repeats removed and counted on the way) ->
   sessions from that silver as Parquet: the job's transforms, minus Delta.
-  With ``features.ingest.to_bronze`` available, also "spark + ingest": the
+  With ``shopseq.features.ingest.to_bronze`` available, also "spark + ingest": the
   same from the generator's raw Parquet through the ingest transform.
 * **DuckDB** (``SET threads = n``, in a fresh process): the equivalent SQL
   (lag + running sums over one window per user, the same ids, indexes and
@@ -41,12 +41,12 @@ from typing import Any, Callable
 
 from pyspark.sql import DataFrame, Observation, SparkSession
 
-from features.schema import EVENT_COLUMNS
-from features.sessionize import FUNNEL_ORDER, removal_metrics, sessionize, sessions_table, silver_events
-from jobs.benchkit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
-from jobs.catalog import catalog
-from jobs.common import InputError
-from jobs.config import Config, SessionizeConfig
+from shopseq.features.schema import EVENT_COLUMNS
+from shopseq.features.sessionize import FUNNEL_ORDER, removal_metrics, sessionize, sessions_table, silver_events
+from shopseq.jobs.bench.kit import Timing, as_dict, provenance, provenance_line, stage_profile, timed, write_report
+from shopseq.jobs.catalog import catalog
+from shopseq.jobs.common import InputError
+from shopseq.jobs.config import Config, SessionizeConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def spark_sessionize_to_parquet(bronze: DataFrame, cfg: SessionizeConfig, out_di
 
 
 def _ingest_transform() -> Callable[[DataFrame, Config], DataFrame] | None:
-    """The ingest transform for generated events: :func:`features.ingest.to_bronze` with the ``generated`` preset."""
-    from features.ingest import to_bronze
-    from jobs.sources import resolve_source
+    """The ingest transform for generated events: :func:`shopseq.features.ingest.to_bronze` with the ``generated`` preset."""
+    from shopseq.features.ingest import to_bronze
+    from shopseq.jobs.sources import resolve_source
 
     return lambda raw, cfg: to_bronze(raw, cfg.ingest, resolve_source(cfg.source, "generated"))
 
@@ -93,7 +93,7 @@ def _run_spark(spark: SparkSession, cfg: Config, events_path: str, out_dir: str,
 _RANK_SQL = "CASE event_type " + " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(FUNNEL_ORDER)) + f" ELSE {len(FUNNEL_ORDER)} END"
 _ORDER = "_day, event_time, _rank, item_id, event_id"
 
-# The rules of features.sessionize in DuckDB SQL: the same ids, indexes and flags. {gap_us}, {cap} and
+# The rules of shopseq.features.sessionize in DuckDB SQL: the same ids, indexes and flags. {gap_us}, {cap} and
 # {drop} are numbers/booleans formatted by duckdb_sessionize_to_parquet (never user text); the input
 # files are a bound parameter. Running frames use DuckDB's default frame (RANGE ... CURRENT ROW):
 # with event_id in the order key there are no peers, so it equals Spark's ROWS frame, and it is
@@ -238,7 +238,7 @@ def bench_input(spark: SparkSession, cfg: Config, work: Path, n: int, regenerate
     """Generated events for size ``n``, made once and reused: {raw, bronze, rows, ...}.
 
     ``bronze`` is the shared input of both engines: the generator's output
-    through the ingest transform (:func:`features.ingest.to_bronze`) when it is
+    through the ingest transform (:func:`shopseq.features.ingest.to_bronze`) when it is
     available, else through :func:`bronze_from_generated`.
     """
     manifest = work / "input.json"
@@ -250,9 +250,9 @@ def bench_input(spark: SparkSession, cfg: Config, work: Path, n: int, regenerate
             return info
         log.info("the generated events at %s were made with another generate config: regenerating", work)
     try:
-        from jobs.generate import write_generated  # the generator stage (issue #3)
+        from shopseq.jobs.stages.generate import write_generated  # the generator stage (issue #3)
     except ImportError as exc:
-        raise InputError(f"the event generator (jobs.generate.write_generated) is not available: {exc}") from None
+        raise InputError(f"the event generator (shopseq.jobs.stages.generate.write_generated) is not available: {exc}") from None
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     start = time.perf_counter()
@@ -262,7 +262,7 @@ def bench_input(spark: SparkSession, cfg: Config, work: Path, n: int, regenerate
     raw = spark.read.parquet(gen["events"])
     (ingest(raw, cfg) if ingest else bronze_from_generated(raw)).write.mode("overwrite").parquet(bronze)
     rows = spark.read.parquet(bronze).count()
-    info = {"raw": str(gen["events"]), "bronze": bronze, "rows": rows, "generated_rows": int(gen["rows"]), "bronze_by": "features.ingest.to_bronze" if ingest else "bench.bronze_from_generated"}
+    info = {"raw": str(gen["events"]), "bronze": bronze, "rows": rows, "generated_rows": int(gen["rows"]), "bronze_by": "shopseq.features.ingest.to_bronze" if ingest else "bench.bronze_from_generated"}
     info["generate"] = generate
     log.info("generated %d events in %.1f s at %s", info["rows"], time.perf_counter() - start, bronze)
     manifest.write_text(json.dumps(info))
@@ -310,7 +310,7 @@ def bench_sessionize(
     cat = catalog(cfg)
     ingest = _ingest_transform() if with_ingest else None
     if with_ingest and ingest is None:
-        log.warning("features.ingest.to_bronze not available: timing sessionize only")
+        log.warning("shopseq.features.ingest.to_bronze not available: timing sessionize only")
     results = []
     for n in sizes:
         work = Path(cat.bench("sessionize", str(n)))

@@ -9,18 +9,18 @@ In one run, on the same windows, the same checkpoint and the same cores:
    change the cost), all in ``<app.data_root>/bench/predict`` with its own
    tables and checkpoints;
 2. **windows** (untimed): every user's latest window
-   (:func:`jobs.predict.build_windows`), replicated with suffixed user ids to
+   (:func:`shopseq.jobs.stages.predict.build_windows`), replicated with suffixed user ids to
    at least ``--rows`` rows, written once as Parquet: the input of both paths;
 3. **Spark** (timed): read that Parquet -> ``mapInPandas`` scoring
-   (:func:`jobs.predict.score_windows`: Arrow batches to pandas to tensors, the
+   (:func:`shopseq.jobs.stages.predict.score_windows`: Arrow batches to pandas to tensors, the
    model loaded once per Python worker, top-K decoded to item ids) -> Spark's
    ``noop`` sink (everything computed, nothing written); and again into
    Parquet (what the job adds when writing). An untimed warm-up on a 2%
    sample starts the Python workers and loads the model in each first, so the
    timing is the steady state;
 4. **reference** (timed): the same Parquet loaded as tensors
-   (:func:`training.data.load_tensors`, untimed) and scored in this process
-   with :func:`jobs.predict.score_tensors` (``predict_tensors`` plus the same
+   (:func:`shopseq.training.data.load_tensors`, untimed) and scored in this process
+   with :func:`shopseq.jobs.stages.predict.score_tensors` (``predict_tensors`` plus the same
    top-K), ``torch.set_num_threads(cores)``; plain ``predict_tensors`` (no
    top-K) and ``score_tensors`` on one thread are timed too, for information.
 
@@ -48,11 +48,11 @@ from typing import Any, Callable
 
 from pyspark.sql import functions as F
 
-from jobs.benchkit import PeakRss, provenance, provenance_line, write_report
-from jobs.catalog import GOLD_TRAIN, VOCAB, Catalog, catalog
-from jobs.common import Context
-from jobs.config import Config, load_config, to_dict
-from jobs.tables import TableIO
+from shopseq.jobs.bench.kit import PeakRss, provenance, provenance_line, write_report
+from shopseq.jobs.catalog import GOLD_TRAIN, VOCAB, Catalog, catalog
+from shopseq.jobs.common import Context
+from shopseq.jobs.config import Config, load_config, to_dict
+from shopseq.jobs.tables import TableIO
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ def bench_config(ctx: Context, root: str, overrides: list[str]) -> Config:
 
 def _setup(ctx: Context, events: int | None) -> tuple[TableIO, Config, str]:
     """Gold tables and a checkpoint in the bench root, made once (retrained when the train config changes)."""
-    from jobs.build_features import run_features
-    from jobs.generate import landing_dir, write_generated
-    from jobs.ingest import run_ingest
-    from jobs.sessionize import run_sessionize
-    from jobs.train import run_train
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.stages.generate import landing_dir, write_generated
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.sessionize import run_sessionize
+    from shopseq.jobs.stages.train import run_train
 
     root = catalog(ctx.cfg).bench("predict")
     quick = ["train.launcher=local", "train.num_proc=1", "train.epochs=1", "features.train_ranks=1"]
@@ -115,8 +115,8 @@ def _setup(ctx: Context, events: int | None) -> tuple[TableIO, Config, str]:
 
 def _windows(tables: TableIO, cfg: Config, ckpt: Any, rows: int, out: str, cores: int) -> dict[str, Any]:
     """Latest windows replicated to at least ``rows`` rows, written to ``out`` as Parquet (untimed)."""
-    from features.scoring import KEY_COLUMNS
-    from jobs.predict import build_windows, model_inputs
+    from shopseq.features.scoring import KEY_COLUMNS
+    from shopseq.jobs.stages.predict import build_windows, model_inputs
 
     windows, _, lineage = build_windows(tables, cfg, ckpt, None)
     names = [c["name"] for c in model_inputs(ckpt.schema)]
@@ -159,9 +159,9 @@ def bench_predict(ctx: Context, events: int | None, rows: int | None = None, rep
     """Run the benchmark (see the module docstring); write and return the report."""
     import torch
 
-    from jobs.predict import model_inputs, read_checkpoint, score_tensors, score_windows
-    from training.checkpoint import load_model, predict_tensors
-    from training.data import load_tensors
+    from shopseq.jobs.stages.predict import model_inputs, read_checkpoint, score_tensors, score_windows
+    from shopseq.training.checkpoint import load_model, predict_tensors
+    from shopseq.training.data import load_tensors
 
     session = ctx.spark
     cores = session.sparkContext.defaultParallelism

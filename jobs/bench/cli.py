@@ -1,11 +1,11 @@
 """`shopseq bench <name>`: benchmarks reported as ratios against a reference measured in the same run.
 
-One module per benchmark, over the shared helpers of :mod:`jobs.benchkit`:
-``sessionize`` (:mod:`jobs.bench_sessionize`, Spark against DuckDB),
-``features`` (:mod:`jobs.bench_features`), ``train`` (:mod:`jobs.bench_train`),
-``predict`` (:mod:`jobs.bench_predict`), ``quality`` (:mod:`jobs.bench_quality`,
+One module per benchmark, over the shared helpers of :mod:`shopseq.jobs.bench.kit`:
+``sessionize`` (:mod:`shopseq.jobs.bench.sessionize`, Spark against DuckDB),
+``features`` (:mod:`shopseq.jobs.bench.features`), ``train`` (:mod:`shopseq.jobs.bench.train`),
+``predict`` (:mod:`shopseq.jobs.bench.predict`), ``quality`` (:mod:`shopseq.jobs.bench.quality`,
 the model against the baselines and RecBole on the real samples),
-``bot`` (:mod:`jobs.bench_bot`, a million-event bot against the same pipeline without it).
+``bot`` (:mod:`shopseq.jobs.bench.bot`, a million-event bot against the same pipeline without it).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from jobs.bench_sessionize import bench_sessionize
-from jobs.common import Context, InputError, run_stage, stage_parser
+from shopseq.jobs.bench.sessionize import bench_sessionize
+from shopseq.jobs.common import Context, InputError, run_stage, stage_parser
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def build_parser():
     return parser
 
 
-RENDERERS = {name: f"jobs.bench_{name}" for name in ("sessionize", "features", "train", "predict", "quality", "scale", "bot")} | {"scale_cluster": "jobs.bench_scale"}
+RENDERERS = {name: f"jobs.bench_{name}" for name in ("sessionize", "features", "train", "predict", "quality", "scale", "bot")} | {"scale_cluster": "shopseq.jobs.bench.scale"}
 
 
 def render_docs(out_dir: Path) -> list[Path]:
@@ -87,7 +87,7 @@ def _parse_sizes(text: str) -> list[int]:
 
 
 def _run_train(ctx: Context) -> int:
-    from jobs.bench_train import bench_train  # the training stage's benchmark
+    from shopseq.jobs.bench.train import bench_train  # the training stage's benchmark
     sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [None]
     if len(sizes) != 1:
         raise InputError("--events: bench train takes one event count")
@@ -107,11 +107,11 @@ def _run(ctx: Context) -> int:
     if ctx.args.name == "train":
         return _run_train(ctx)
     if ctx.args.name == "quality":
-        from jobs.bench_quality import _run as run_quality  # model quality on the real samples (issue #14)
+        from shopseq.jobs.bench.quality import _run as run_quality  # model quality on the real samples (issue #14)
 
         return run_quality(ctx)
     if ctx.args.name == "bot":
-        from jobs.bench_bot import DEFAULT_BOT_EVENTS, DEFAULT_USERS, bench_bot  # a million-event bot (issue #17)
+        from shopseq.jobs.bench.bot import DEFAULT_BOT_EVENTS, DEFAULT_USERS, bench_bot  # a million-event bot (issue #17)
 
         sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [DEFAULT_BOT_EVENTS]
         users = DEFAULT_USERS if ctx.args.users is None else ctx.args.users
@@ -122,7 +122,7 @@ def _run(ctx: Context) -> int:
     if ctx.args.repeat < 1:
         raise InputError(f"--repeat: expected a positive count, got {ctx.args.repeat}")
     if ctx.args.name == "predict":
-        from jobs.bench_predict import bench_predict  # the predict stage's benchmark (issue #6)
+        from shopseq.jobs.bench.predict import bench_predict  # the predict stage's benchmark (issue #6)
 
         sizes = _parse_sizes(ctx.args.events) if ctx.args.events else [None]
         if len(sizes) != 1 or (ctx.args.rows is not None and ctx.args.rows < 1):
@@ -130,7 +130,7 @@ def _run(ctx: Context) -> int:
         bench_predict(ctx, sizes[0], rows=ctx.args.rows, repeat=ctx.args.repeat, docs=_docs(ctx))
         return 0
     if ctx.args.name == "scale":
-        from jobs.bench_scale import DEFAULT_SIZES, bench_scale  # throughput at several sizes, projected (issue #18)
+        from shopseq.jobs.bench.scale import DEFAULT_SIZES, bench_scale  # throughput at several sizes, projected (issue #18)
 
         if ctx.args.target_events <= 0 or ctx.args.window_hours <= 0 or (ctx.args.warmup is not None and ctx.args.warmup < 0):
             raise InputError("bench scale: --target-events and --window-hours must be positive, --warmup 0 or more")
@@ -138,7 +138,7 @@ def _run(ctx: Context) -> int:
         bench_scale(ctx.spark, ctx.cfg, sizes, ctx.args.target_events, ctx.args.window_hours, regenerate=ctx.args.regenerate, docs=_docs(ctx), warmup=ctx.args.warmup)
         return 0
     if ctx.args.name == "features":
-        from jobs.bench_features import bench_features  # the features stage's benchmark (issue #4)
+        from shopseq.jobs.bench.features import bench_features  # the features stage's benchmark (issue #4)
 
         bench_features(ctx.spark, ctx.cfg, _parse_sizes(ctx.args.events or "1000000,10000000"), regenerate=ctx.args.regenerate, repeat=ctx.args.repeat, docs=_docs(ctx))
         return 0

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from pyspark.sql import SparkSession
 
-from training import storage
+from shopseq.training import storage
 
 
 class PeakRss:
@@ -186,7 +186,7 @@ def version() -> tuple[str, str | None]:
 def provenance(spark: Any = None) -> dict[str, Any]:
     """What a published figure needs beside it: the version and commit it was measured on, when, on what machine, under what load.
 
-    With a ``spark`` config (:class:`jobs.config.SparkConfig`), also its master, shuffle partitions and driver memory.
+    With a ``spark`` config (:class:`shopseq.jobs.config.SparkConfig`), also its master, shuffle partitions and driver memory.
     """
     import psutil
 
@@ -219,7 +219,7 @@ def provenance_line(report: dict[str, Any], name: str, report_name: str | None =
 def write_report(name: str, report: dict[str, Any], render: Callable[[dict[str, Any]], str], out_dirs: Iterable[Path | str]) -> str:
     """``bench_<name>.json`` and the Markdown rendered from it into each folder (the catalog's reports, and ``--docs``); returns the Markdown.
 
-    A folder may be a local path or a URI given as a string (``s3://...``, :mod:`training.storage`); each file is written atomically.
+    A folder may be a local path or a URI given as a string (``s3://...``, :mod:`shopseq.training.storage`); each file is written atomically.
     """
     md = render(report)
     for out in out_dirs:

@@ -1,12 +1,12 @@
 """`shopseq predict`: each user's latest window scored by the trained model, written to Delta.
 
-Recipe: open the checkpoint on the driver (:func:`jobs.train.open_checkpoint`,
+Recipe: open the checkpoint on the driver (:func:`shopseq.jobs.stages.train.open_checkpoint`,
 shared with ``shopseq evaluate``: it refuses a model trained on another
 vocabulary than the gold tables' current one; its schema artifact, features
 config and lineage are what scoring must match); read ``silver_events``
 (latest version) and ``vocab`` at the version the model was trained with;
 build every user's latest window before ``as_of``
-(:func:`features.scoring.latest_windows`); score the windows with
+(:func:`shopseq.features.scoring.latest_windows`); score the windows with
 ``mapInPandas``: the checkpoint travels to the executors as a broadcast and
 each Python worker loads the model once (:func:`_cached_model`), then runs
 no-grad forward passes of ``predict.batch_size`` rows; overwrite this run's
@@ -14,7 +14,7 @@ partition of ``predictions``; upsert ``predictions_latest``.
 
 ``predictions`` (partitioned by ``as_of_key``, ``model_version``): one row
 per user with an event before ``as_of``: user_id, as_of, cutoff_time (the
-window's cutoff, see :mod:`features.scoring`), model_version,
+window's cutoff, see :mod:`shopseq.features.scoring`), model_version,
 silver_version, gold_train_version, vocab_version, top_items (the
 ``predict.top_k`` most probable next items, original ids, never padding or
 OOV), top_scores (their probabilities: softmax over the known items),
@@ -47,14 +47,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.scoring import KEY_COLUMNS, events_before, latest_windows
-from features.sequences import prepare_events
-from features.vocab import FIRST_INDEX
-from jobs.catalog import PREDICTIONS, PREDICTIONS_LATEST, SILVER_EVENTS, VOCAB
-from jobs.common import Context, InputError, run_stage, stage_parser
-from jobs.config import Config, FeaturesConfig
-from jobs.tables import TableIO
-from jobs.train import Checkpoint, open_checkpoint, read_checkpoint  # noqa: F401 - read_checkpoint: the benchmark opens a checkpoint by path
+from shopseq.features.scoring import KEY_COLUMNS, events_before, latest_windows
+from shopseq.features.sequences import prepare_events
+from shopseq.features.vocab import FIRST_INDEX
+from shopseq.jobs.catalog import PREDICTIONS, PREDICTIONS_LATEST, SILVER_EVENTS, VOCAB
+from shopseq.jobs.common import Context, InputError, run_stage, stage_parser
+from shopseq.jobs.config import Config, FeaturesConfig
+from shopseq.jobs.tables import TableIO
+from shopseq.jobs.stages.train import Checkpoint, open_checkpoint, read_checkpoint  # noqa: F401 - read_checkpoint: the benchmark opens a checkpoint by path
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def frame_to_tensors(pdf: Any, columns: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def score_tensors(model: Any, data: dict[str, Any], top_k: int, batch_size: int) -> dict[str, np.ndarray]:
-    """No-grad batched scores of windows given as tensors (:func:`training.checkpoint.predict_tensors` + next items).
+    """No-grad batched scores of windows given as tensors (:func:`shopseq.training.checkpoint.predict_tensors` + next items).
 
     Returns numpy arrays: ``top_idx`` ``[N, k]`` item indexes (most probable
     first, known items only), ``top_scores`` ``[N, k]`` (softmax over the known
@@ -153,8 +153,8 @@ def score_tensors(model: Any, data: dict[str, Any], top_k: int, batch_size: int)
     """
     import torch
 
-    from training.checkpoint import predict_tensors
-    from training.model import ITEM_FEATURE
+    from shopseq.training.checkpoint import predict_tensors
+    from shopseq.training.model import ITEM_FEATURE
 
     with torch.no_grad():
         out = predict_tensors(model, data, batch_size)
@@ -191,7 +191,7 @@ def _cached_model(digest: str, payload: Any, threads: int) -> tuple[Any, np.ndar
     if digest not in _MODEL_CACHE:
         import torch
 
-        from training.checkpoint import load_model
+        from shopseq.training.checkpoint import load_model
 
         # Distribution only: each concurrent task has spark.task.cpus cores; torch's default (all cores)
         # in every worker would oversubscribe them (local[2]: two workers x two threads on two cores).
@@ -244,7 +244,7 @@ def vocab_tokens(vocab: DataFrame, kind: str, size: int) -> list[str]:
 
 
 def score_windows(spark: SparkSession, windows: DataFrame, ckpt: Checkpoint, vocab: DataFrame, top_k: int, batch_size: int) -> DataFrame:
-    """Windows (:mod:`features.scoring` columns) -> one scored row per window (:data:`SCORE_SCHEMA`)."""
+    """Windows (:mod:`shopseq.features.scoring` columns) -> one scored row per window (:data:`SCORE_SCHEMA`)."""
     sizes = ckpt.schema["embedding_sizes"]
     event_types = vocab_tokens(vocab, "event_type", sizes["event_type"])[FIRST_INDEX:]
     payload = {"checkpoint": ckpt.data, "items": vocab_tokens(vocab, "item", sizes["item"]), "event_types": event_types}

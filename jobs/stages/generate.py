@@ -2,10 +2,10 @@
 
 Recipe: load config (``generate.*``; ``--users``/``--days`` override it,
 ``--events N`` scales the user count so about N events come out), build users
-and events with :mod:`features.generate` from ``spark.range(users)``, and
+and events with :mod:`shopseq.features.generate` from ``spark.range(users)``, and
 overwrite two Parquet folders in the raw landing zone (not Delta tables):
 
-* ``<landing>/events/``: one row per event (``features.generate.EVENT_COLUMNS``);
+* ``<landing>/events/``: one row per event (``shopseq.features.generate.EVENT_COLUMNS``);
 * ``<landing>/users/``: the per-user truth (``user_id``, ``churned``,
   ``churn_time``, ``top_category``),
 
@@ -23,10 +23,10 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from features.generate import synth_events, synth_users, user_truth, validate
-from jobs.catalog import catalog
-from jobs.common import Context, InputError, run_stage, stage_parser
-from jobs.config import Config, GenerateConfig
+from shopseq.features.generate import synth_events, synth_users, user_truth, validate
+from shopseq.jobs.catalog import catalog
+from shopseq.jobs.common import Context, InputError, run_stage, stage_parser
+from shopseq.jobs.config import Config, GenerateConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`shopseq sessionize`: bronze events -> silver events + sessions (full, deterministic recompute).
 
 Recipe: read ``bronze_events`` (latest version v), sessionize with
-:mod:`features.sessionize`, overwrite ``silver_events`` (partitioned by
+:mod:`shopseq.features.sessionize`, overwrite ``silver_events`` (partitioned by
 ``event_date``; the consecutive repeats removed are counted during that write),
 then build ``sessions`` (partitioned by ``session_date``) from that silver
 version. Both commits carry ``{"bronze_version": v, "sessionize": <config>}``;
@@ -22,11 +22,11 @@ from typing import Any
 
 from pyspark.sql import DataFrame, Observation
 
-from features.sessionize import removal_metrics, session_histograms, session_stats, sessionize, sessions_table, silver_events
-from jobs.catalog import BRONZE_EVENTS, SESSIONS, SILVER_EVENTS, catalog
-from jobs.common import Context, run_stage, stage_parser
-from jobs.config import Config, to_dict
-from jobs.tables import TableError, TableIO
+from shopseq.features.sessionize import removal_metrics, session_histograms, session_stats, sessionize, sessions_table, silver_events
+from shopseq.jobs.catalog import BRONZE_EVENTS, SESSIONS, SILVER_EVENTS, catalog
+from shopseq.jobs.common import Context, run_stage, stage_parser
+from shopseq.jobs.config import Config, to_dict
+from shopseq.jobs.tables import TableError, TableIO
 
 log = logging.getLogger(__name__)
 

@@ -19,21 +19,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from jobs.benchkit import provenance, provenance_line, write_report
-from jobs.catalog import GOLD_TRAIN, catalog
-from jobs.common import Context
-from jobs.config import Config
-from jobs.tables import TableIO
+from shopseq.jobs.bench.kit import provenance, provenance_line, write_report
+from shopseq.jobs.catalog import GOLD_TRAIN, catalog
+from shopseq.jobs.common import Context
+from shopseq.jobs.config import Config
+from shopseq.jobs.tables import TableIO
 
 log = logging.getLogger(__name__)
 
 
 def _build_gold(ctx: Context, events: int) -> tuple[TableIO, Config]:
-    from jobs.build_features import run_features
-    from jobs.config import load_config
-    from jobs.generate import landing_dir, write_generated
-    from jobs.ingest import run_ingest
-    from jobs.sessionize import run_sessionize
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.stages.generate import landing_dir, write_generated
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.sessionize import run_sessionize
 
     root = catalog(ctx.cfg).bench("train")
     cfg = load_config(ctx.cfg.env, ctx.args.conf_dir, [*ctx.args.overrides, f"app.data_root={root}"])
@@ -48,9 +48,9 @@ def _build_gold(ctx: Context, events: int) -> tuple[TableIO, Config]:
 
 def bench_train(ctx: Context, events: int | None, epochs: int = 3, ranks: tuple[int, ...] = (1, 2), docs: Path | None = None) -> dict[str, Any]:
     """Samples/s of both data sources for each rank count; writes ``reports/bench_train.{md,json}``."""
-    from jobs.train import load_schema, train_params
-    from training.launch import launch
-    from training.loop import train_fn
+    from shopseq.jobs.stages.train import load_schema, train_params
+    from shopseq.training.launch import launch
+    from shopseq.training.loop import train_fn
 
     tables, cfg = _build_gold(ctx, events) if events else (ctx.tables, ctx.cfg)
     schema = load_schema(cfg)

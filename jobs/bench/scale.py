@@ -4,7 +4,7 @@
 session's Spark (``local[n]``, or a cluster when started by spark-submit):
 
 1. **input** (cached): about N generated events (shared with ``bench
-   sessionize``, :func:`jobs.bench_sessionize.bench_input`);
+   sessionize``, :func:`shopseq.jobs.bench.sessionize.bench_input`);
 2. **ingest**, **sessionize**, **features** (each timed, from scratch into a
    bench-local data root ``<app.data_root>/bench/scale/<N>``): the real jobs
    with their Delta commits.
@@ -42,12 +42,12 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from jobs.bench_features import bench_config, spark_cores
-from jobs.bench_sessionize import bench_input
-from jobs.benchkit import provenance, provenance_line, timed, write_report
-from jobs.catalog import catalog
-from jobs.config import Config
-from jobs.tables import TableIO
+from shopseq.jobs.bench.features import bench_config, spark_cores
+from shopseq.jobs.bench.sessionize import bench_input
+from shopseq.jobs.bench.kit import provenance, provenance_line, timed, write_report
+from shopseq.jobs.catalog import catalog
+from shopseq.jobs.config import Config
+from shopseq.jobs.tables import TableIO
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,9 @@ def project(stages: dict[str, dict[str, Any]], cores: int, target_events: float,
 
 def _bench_size(spark: SparkSession, cfg: Config, n: int, cores: int, regenerate: bool) -> dict[str, Any]:
     """Each stage timed from scratch on about ``n`` generated events; {size: n, events (generated), examples, stages: {name: timing}}."""
-    from jobs.build_features import run_features
-    from jobs.ingest import run_ingest
-    from jobs.sessionize import run_sessionize
+    from shopseq.jobs.stages.build_features import run_features
+    from shopseq.jobs.stages.ingest import run_ingest
+    from shopseq.jobs.stages.sessionize import run_sessionize
 
     cat = catalog(cfg)
     inp = bench_input(spark, cfg, Path(cat.bench("sessionize", str(n))), n, regenerate)

@@ -1,11 +1,11 @@
 """`shopseq features`: silver_events -> vocab + gold_train / gold_val / gold_test + gold/schema.json.
 
 Recipe: read ``silver_events`` (latest version v); find the data's time range
-and the split boundaries (:mod:`features.splits`); fit the vocabularies on the
+and the split boundaries (:mod:`shopseq.features.splits`); fit the vocabularies on the
 train range and write them to ``vocab`` unless the table already holds the
 same content (same ``vocab_version``, so a re-run adds no version); re-read
 ``vocab`` at its current version and build the point-in-time examples
-(:func:`features.sequences.build_examples`); write each split as its own
+(:func:`shopseq.features.sequences.build_examples`); write each split as its own
 unpartitioned table (``gold_<split>``, overwritten, ``repartition`` into at
 least ``train_ranks * row_groups_per_rank`` files, so every Petastorm shard
 gets row groups); write the schema artifact to ``<app.artifact_root>/gold/schema.json``
@@ -26,8 +26,8 @@ rows, files per split).
 
 Protocols (``--protocol NAME`` applies ``conf/protocols/NAME.yaml`` between
 the dataset layer and ``--set``): before the vocabulary is fit, the events are
-turned into the protocol's entities (:func:`features.protocols.as_entity`)
-and, when a threshold is above 1, filtered by :func:`features.protocols.kcore_round`
+turned into the protocol's entities (:func:`shopseq.features.protocols.as_entity`)
+and, when a threshold is above 1, filtered by :func:`shopseq.features.protocols.kcore_round`
 round after round until a round removes nothing; each round is materialised
 with ``localCheckpoint`` so the plan stays one round deep, and its removals
 are logged.
@@ -44,10 +44,10 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from features.labels import label_stats
-from features.profiles import NUMERIC_PROFILES, profile_scale_stats
-from features.protocols import as_entity, data_counts, kcore_active, kcore_round
-from features.sequences import (
+from shopseq.features.labels import label_stats
+from shopseq.features.profiles import NUMERIC_PROFILES, profile_scale_stats
+from shopseq.features.protocols import as_entity, data_counts, kcore_active, kcore_round
+from shopseq.features.sequences import (
     HOURS,
     IGNORE_LABEL,
     WEEKDAYS,
@@ -59,13 +59,13 @@ from features.sequences import (
     to_gold,
     train_events,
 )
-from features.splits import SPLITS, SplitBounds, split_bounds
-from features.vocab import OOV_INDEX, PAD_INDEX, fit_vocab, vocab_sizes, with_vocab_version
-from jobs.catalog import GOLD, SILVER_EVENTS, VOCAB, catalog
-from jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
-from jobs.config import Config, FeaturesConfig, to_dict
-from jobs.tables import TableError, TableIO
-from training import storage
+from shopseq.features.splits import SPLITS, SplitBounds, split_bounds
+from shopseq.features.vocab import OOV_INDEX, PAD_INDEX, fit_vocab, vocab_sizes, with_vocab_version
+from shopseq.jobs.catalog import GOLD, SILVER_EVENTS, VOCAB, catalog
+from shopseq.jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
+from shopseq.jobs.config import Config, FeaturesConfig, to_dict
+from shopseq.jobs.tables import TableError, TableIO
+from shopseq.training import storage
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,9 @@ def _counts(events: DataFrame) -> dict[str, int]:
 
 
 def filter_events(events: DataFrame, fc: FeaturesConfig) -> tuple[DataFrame, dict[str, Any]]:
-    """The iterative k-core filter of ``fc`` (see :mod:`features.protocols`); returns the events and the filter record.
+    """The iterative k-core filter of ``fc`` (see :mod:`shopseq.features.protocols`); returns the events and the filter record.
 
-    Runs :func:`features.protocols.kcore_round` until a round removes nothing
+    Runs :func:`shopseq.features.protocols.kcore_round` until a round removes nothing
     (that last round is counted in ``rounds``, as RecBole's loop does).
     Each round's output is materialised with ``localCheckpoint`` (the plan of
     round n would otherwise repeat rounds 1..n). The record: ``min_user_events``,
@@ -293,7 +293,7 @@ def _write_gold(tables: TableIO, examples: DataFrame, cfg: Config, stats: dict[s
 
 
 def _write_schema(artifact: dict[str, Any], path: str) -> str:
-    """The schema artifact to ``path`` (a local path or a URI, :mod:`training.storage`), atomically: readers never see half of it."""
+    """The schema artifact to ``path`` (a local path or a URI, :mod:`shopseq.training.storage`), atomically: readers never see half of it."""
     storage.write_json(path, artifact, indent=2, sort_keys=True, default=str)
     log.info("schema artifact written to %s", path)
     return path

@@ -1,8 +1,8 @@
 """`shopseq ingest`: raw events -> validated ``bronze_events`` + ``quarantine``, with run metrics.
 
 Recipe: resolve the source (``--format``/``source.format``; presets in
-:mod:`jobs.sources`), read it (``--input``/``source.path``; ``--limit N`` keeps
-the first N lines), classify every line with :mod:`features.ingest`, drop what
+:mod:`shopseq.jobs.sources`), read it (``--input``/``source.path``; ``--limit N`` keeps
+the first N lines), classify every line with :mod:`shopseq.features.ingest`, drop what
 is already stored, append the new events to ``bronze_events`` (partitioned by
 ``event_date``) and the new rejects to ``quarantine`` (unpartitioned: it stays
 small and is read by reason or batch), then append one row to ``run_metrics``.
@@ -19,15 +19,15 @@ input again therefore finds only duplicates and commits nothing to bronze or
 quarantine (only its ``run_metrics`` row). The commits are insert-only Delta
 MERGEs on those keys (bronze's read limited to the batch's dates), so two
 concurrent ingests of the same input write each event once: the later commit
-conflicts, is retried by :meth:`jobs.tables.TableIO.merge_insert`, finds the
+conflicts, is retried by :meth:`shopseq.jobs.tables.TableIO.merge_insert`, finds the
 other run's rows and counts them as duplicates. Bronze is created with NOT NULL
-columns and the CHECK constraints of :data:`features.schema.EVENT_CONSTRAINTS`.
+columns and the CHECK constraints of :data:`shopseq.features.schema.EVENT_CONSTRAINTS`.
 
 Before reading, the table locations must be folders this user can write
 (:func:`check_table_root`) and the data root may hold no other dataset's
 events (:func:`check_single_source`); an ingest that accepts no event ends
 with one line naming the top quarantine reasons (:func:`nothing_accepted`).
-Each is an :class:`~jobs.common.InputError`: one line and exit 2.
+Each is an :class:`~shopseq.jobs.common.InputError`: one line and exit 2.
 
 ``ingest_batch`` = ``ingest-<UTC start, yyyymmddThhmmss.mmmZ>-<8 hex of the input listing>-<4 random hex>``
 (the random part keeps two runs started in the same millisecond on the same input apart).
@@ -49,7 +49,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.ingest import (
+from shopseq.features.ingest import (
     QUARANTINE_SCHEMA,
     REASONS,
     TimeBounds,
@@ -61,11 +61,11 @@ from features.ingest import (
     quarantine_rows,
     time_bounds,
 )
-from features.schema import EVENT_CONSTRAINTS, EVENT_SCHEMA
-from jobs.common import Context, InputError, run_stage, stage_parser
-from jobs.config import Config, ConfigError, SourceConfig
-from jobs.sources import FORMATS, dataset_of, default_path, read_source, resolve_source
-from jobs.tables import TableError, TableIO
+from shopseq.features.schema import EVENT_CONSTRAINTS, EVENT_SCHEMA
+from shopseq.jobs.common import Context, InputError, run_stage, stage_parser
+from shopseq.jobs.config import Config, ConfigError, SourceConfig
+from shopseq.jobs.sources import FORMATS, dataset_of, default_path, read_source, resolve_source
+from shopseq.jobs.tables import TableError, TableIO
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def existing_keys(tables: TableIO, source_format: str, dates: list[Any]) -> tupl
 
 
 def _tally(rows: list[Any]) -> dict[str, Any]:
-    """Outcome counts (rows of :func:`features.ingest.outcome_counts`) as metrics."""
+    """Outcome counts (rows of :func:`shopseq.features.ingest.outcome_counts`) as metrics."""
     t: dict[str, Any] = {"header_lines": 0, "accepted": 0, "quarantined": 0, "duplicate_events": 0, "duplicate_quarantined": 0, "by_reason": {}}
     for r in rows:
         if r["outcome"] == "header":
@@ -177,7 +177,7 @@ def run_ingest(tables: TableIO, cfg: Config, input_path: str | None = None, fmt:
     exist), min_event_time, max_event_time (the accepted window),
     started_at, finished_at.
 
-    Refused with :class:`~jobs.common.InputError` (one line, exit 2 from the
+    Refused with :class:`~shopseq.jobs.common.InputError` (one line, exit 2 from the
     CLI): a table location under a file or not writable
     (:func:`check_table_root`), a data root holding another dataset
     (:func:`check_single_source`), unreadable input, and an input of which no
@@ -306,7 +306,7 @@ def check_single_source(tables: TableIO, fmt: str) -> None:
     """Refuse to mix datasets in one table set: bronze may only hold events of the dataset being ingested.
 
     The stored formats are those of run_metrics' rows; formats of one dataset
-    (:data:`jobs.sources.DATASETS`, e.g. YooChoose clicks and buys) may share a root.
+    (:data:`shopseq.jobs.sources.DATASETS`, e.g. YooChoose clicks and buys) may share a root.
     """
     if not tables.exists(RUN_METRICS):
         return

@@ -6,14 +6,14 @@ REES46, Diginetica) and each protocol preset (``conf/protocols/<name>.yaml``:
 (ingest -> sessionize -> features -> train -> evaluate, the stages of
 ``shopseq run``) into its own data root under ``<app.data_root>/bench/quality``
 with the dataset's config layer, then the protocol's, then ``--set``. The
-evaluation (:mod:`training.evaluation`) scores the test split with the model
+evaluation (:mod:`shopseq.training.evaluation`) scores the test split with the model
 and every baseline fitted on the same train split, with bootstrap intervals
 over users, and its wall time per method.
 
 ``--peer recbole`` also runs RecBole's SASRec and GRU4Rec on the identical
 split of the ``recbole_loo`` protocol: the events shopseq's features stage kept
 (after its k-core filter), in shopseq's order, go to
-``jobs/peers/recbole_run.py`` run by the RecBole environment's Python
+``peers/recbole_run.py`` run by the RecBole environment's Python
 (``make peer-recbole`` installs it outside the repo; RecBole pins older
 packages, so it never shares ``.venv``). RecBole's leave-one-out on those
 events is shopseq's leave-last-out. Its per-user target ranks are scored with
@@ -39,11 +39,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.benchkit import version as benchkit_version
-from jobs.catalog import SILVER_EVENTS, catalog
-from jobs.common import Context, InputError, protocol_layer
-from jobs.config import Config, load_config
-from jobs.tables import TableIO
+from shopseq.jobs.bench.kit import version as benchkit_version
+from shopseq.jobs.catalog import SILVER_EVENTS, catalog
+from shopseq.jobs.common import Context, InputError, protocol_layer
+from shopseq.jobs.config import Config, load_config
+from shopseq.jobs.tables import TableIO
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ RECBOLE_VENV = Path(os.environ.get("SHOPSEQ_RECBOLE_VENV", Path.home() / ".cache
 
 def case_config(ctx: Context, sample: str, protocol: str) -> Config:
     """The config of one (sample, protocol) case, layered as ``shopseq run --format F --protocol P`` layers it, in its own data root."""
-    from jobs.run import dataset_layer
+    from shopseq.jobs.stages.run import dataset_layer
 
     layers = [p for p in (dataset_layer(ctx.args.conf_dir, SAMPLES[sample][1]), protocol_layer(ctx.args.conf_dir, protocol)) if p is not None]
     root = catalog(ctx.cfg).bench("quality", f"{sample}-{protocol}")
@@ -71,7 +71,7 @@ def case_config(ctx: Context, sample: str, protocol: str) -> Config:
 
 def run_case(ctx: Context, sample: str, protocol: str, path: Path) -> dict[str, Any]:
     """Run the pipeline for one case and keep what the bench reports."""
-    from jobs.run import run_pipeline
+    from shopseq.jobs.stages.run import run_pipeline
 
     cfg = case_config(ctx, sample, protocol)
     tables = TableIO(ctx.spark, cfg)
@@ -275,18 +275,30 @@ def recbole_python() -> Path:
     return RECBOLE_VENV / "bin" / "python"
 
 
+def recbole_runner() -> Path:
+    """``peers/recbole_run.py`` of the source checkout (``$SHOPSEQ_RECBOLE_RUNNER`` overrides).
+
+    The runner is not part of the installed package: it runs in RecBole's own interpreter with its own pins
+    (``make peer-recbole``), so it lives beside them in ``peers/``; an installed wheel names the variable to set.
+    """
+    runner = Path(os.environ.get("SHOPSEQ_RECBOLE_RUNNER", Path(__file__).resolve().parents[2] / "peers" / "recbole_run.py"))
+    if not runner.is_file():
+        raise InputError(f"the RecBole runner is not at {runner}: it ships in the source checkout's peers/ (set SHOPSEQ_RECBOLE_RUNNER)")
+    return runner
+
+
 def peer_events(tables: TableIO, cfg: Config):
     """The events the features stage kept for the case (its entity mapping and k-core filter), in its order, as pandas.
 
     Columns: ``user_id``, ``item_id`` (strings), ``order`` (the 0-based position in the
-    user's history, :func:`features.sequences.order_events`) and ``user_key``
+    user's history, :func:`shopseq.features.sequences.order_events`) and ``user_key``
     (``xxhash64(user_id)``, the gold tables' user column).
     """
     from pyspark.sql import functions as F
 
-    from features.protocols import as_entity
-    from features.sequences import order_events, prepare_events
-    from jobs.build_features import filter_events
+    from shopseq.features.protocols import as_entity
+    from shopseq.features.sequences import order_events, prepare_events
+    from shopseq.jobs.stages.build_features import filter_events
 
     fc = cfg.features
     prepared = tables.read(SILVER_EVENTS).transform(prepare_events, fc).transform(as_entity, fc.entity)
@@ -298,15 +310,15 @@ def peer_events(tables: TableIO, cfg: Config):
 def peer_statistics(model_ranks: dict[str, Any], peer: dict[str, Any], name: str, ks: list[int]) -> tuple[dict, int]:
     """Per-row HR/NDCG/MRR statistics of ``model`` and the peer model ``name`` on the same test users, and how many were paired.
 
-    ``model_ranks``: the evaluation's saved per-row ranks (``jobs.evaluate.RANKS_FILE``);
+    ``model_ranks``: the evaluation's saved per-row ranks (``shopseq.jobs.stages.evaluate.RANKS_FILE``);
     ``peer``: the runner's output. Rows are paired by ``user_key`` (one test row per user
     under leave-one-out); a user the peer did not score is a miss for the peer.
     """
     import numpy as np
     import torch
 
-    from training.evaluation import mean_statistic, ranking_values
-    from training.metrics import TargetRanks
+    from shopseq.training.evaluation import mean_statistic, ranking_values
+    from shopseq.training.metrics import TargetRanks
 
     keys = model_ranks["user_key"]
     ranks = {u["user_key"]: (u["g"], u["t"]) for u in peer["models"][name]["test_ranks"]}
@@ -334,8 +346,8 @@ def add_recbole_peer(ctx: Context, case: dict[str, Any]) -> None:
     import numpy as np
     import pandas as pd
 
-    from jobs.evaluate import RANKS_FILE
-    from training.evaluation import score_task
+    from shopseq.jobs.stages.evaluate import RANKS_FILE
+    from shopseq.training.evaluation import score_task
 
     cfg, tables = case["_cfg"], case["_tables"]
     work = Path(catalog(cfg).scratch("peer"))
@@ -344,7 +356,7 @@ def add_recbole_peer(ctx: Context, case: dict[str, Any]) -> None:
     events_csv, out_json = work / "events.csv", work / "recbole.json"
     events[["user_id", "item_id", "order"]].to_csv(events_csv, index=False)
     keys = dict(zip(events["user_id"].astype(str), events["user_key"].astype(np.int64)))
-    runner = Path(__file__).resolve().parent / "peers" / "recbole_run.py"
+    runner = recbole_runner()
     cmd = [str(recbole_python()), str(runner), "--events", str(events_csv), "--out", str(out_json), "--models", ",".join(PEER_MODELS)]
     log.info("bench quality: RecBole %s on %d events (%s)", ",".join(PEER_MODELS), len(events), " ".join(cmd))
     started = time.perf_counter()

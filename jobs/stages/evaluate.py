@@ -5,7 +5,7 @@ path); check it was trained on the current vocabulary (the gold schema
 artifact's ``vocab_version``); read ``gold_<evaluate.split>`` and
 ``gold_train`` at their current versions as tensors (no Spark beyond
 resolving the snapshot files); score the split with the model and with the
-baselines fitted on train (:mod:`training.evaluation`), with percentile
+baselines fitted on train (:mod:`shopseq.training.evaluation`), with percentile
 bootstrap intervals over users for every metric and for model minus each
 baseline (``evaluate.bootstrap_samples``, ``evaluate.confidence``,
 ``evaluate.seed``); write the metrics (value, ``ci_low``, ``ci_high``) to the
@@ -38,13 +38,13 @@ from typing import Any
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.catalog import GOLD_TRAIN, METRICS, catalog
-from jobs.common import Context, InputError, run_stage, stage_parser
-from jobs.config import Config
-from jobs.report import write_report
-from jobs.tables import TableError, TableIO
-from jobs.train import load_schema, open_checkpoint
-from training import storage
+from shopseq.jobs.catalog import GOLD_TRAIN, METRICS, catalog
+from shopseq.jobs.common import Context, InputError, run_stage, stage_parser
+from shopseq.jobs.config import Config
+from shopseq.jobs.stages.report import write_report
+from shopseq.jobs.tables import TableError, TableIO
+from shopseq.jobs.stages.train import load_schema, open_checkpoint
+from shopseq.training import storage
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,9 @@ def run_evaluate(tables: TableIO, cfg: Config, checkpoint: str | None = None, sp
     per task), ``method_seconds`` (wall time per method), ``report_dir``, ``report_path``,
     ``metrics_table_version`` and ``skipped`` (nothing written: already recorded).
     """
-    from training.checkpoint import model_from_state
-    from training.data import count_rows, load_tensors, model_columns
-    from training.evaluation import OOV_METRIC, compare, evaluate_all
+    from shopseq.training.checkpoint import model_from_state
+    from shopseq.training.data import count_rows, load_tensors, model_columns
+    from shopseq.training.evaluation import OOV_METRIC, compare, evaluate_all
 
     _check_config(cfg)
     ec = cfg.evaluate
