@@ -357,8 +357,10 @@ def submit_dir(dest: Path, pyfiles: Path) -> Path:
 
     (dest / "dist").mkdir(parents=True)
     shutil.copy2(pyfiles, dest / PYFILES)
+    entry = dest / ENTRY
+    entry.parent.mkdir(parents=True)
     with zipfile.ZipFile(pyfiles) as z:
-        z.extract(ENTRY, dest)
+        entry.write_bytes(z.read(f"shopseq/{ENTRY}"))  # installed as shopseq/jobs/...; submitted as the checkout names it
     return dest
 
 

@@ -231,7 +231,7 @@ def packed_env(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     if not (ENV_PACK.is_file() and driver.is_file()):
         pytest.skip(f"no packed environment ({ENV_PACK.relative_to(REPO)}): `make dist-env` builds it (several GB; not part of make test)")
     folder = tmp_path_factory.mktemp("submit-packed")
-    (folder / "jobs").mkdir()
+    (folder / ENTRY).parent.mkdir(parents=True)
     shutil.copy2(REPO / ENTRY, folder / ENTRY)
     return SimpleNamespace(python=driver, folder=folder, archive=ENV_PACK)
 
