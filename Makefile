@@ -89,9 +89,11 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache spark-warehouse shopseq-data
 
 # Packaging for spark-submit on any cluster manager (docs/operations.md#on-a-cluster-spark-submit), into $(DIST):
-# - the wheel, with conf/ inside as jobs/conf (the config loader's fallback when no conf folder is given);
+# - the wheel: one namespace, shopseq/{jobs,features,training,conf} (conf: the config loader's fallback when no
+#   conf folder is given);
 # - the --py-files zip: the wheel's packages and conf without its metadata (PySpark puts .zip, .egg and .jar
-#   files on the executors' sys.path, never a .whl).
+#   files on the executors' sys.path, never a .whl), plus an entry for each folder: the wheel has none, and
+#   Python 3.11's zipimport finds the namespace package `shopseq` (no __init__.py) only by its `shopseq/` entry.
 # `make dist-env` adds a packed environment for --archives (venv-pack): a fresh venv in $(DIST_ENV_VENV) with the
 # wheel, its dependencies under constraints.txt and Horovod. Its python links to $(PYTHON)'s installation, which the
 # nodes need at the same path (or DIST_ENV_PYTHON_PREFIX=<that Python's prefix on the nodes>).
@@ -110,7 +112,9 @@ dist: $(STAMP)
 	rm -rf build/lib build/bdist.* $(WHEEL) $(PYFILES_ZIP)   # setuptools reuses build/lib: a deleted module would stay in the wheel
 	$(PIP) wheel -q --no-deps --no-build-isolation -w $(DIST) .
 	$(PY) -c 'import sys, zipfile; whl, out = zipfile.ZipFile(sys.argv[1]), zipfile.ZipFile(sys.argv[2], "w", zipfile.ZIP_DEFLATED); \
-	  [out.writestr(i, whl.read(i)) for i in whl.infolist() if ".dist-info/" not in i.filename]; out.close()' $(WHEEL) $(PYFILES_ZIP)
+	  items = [i for i in whl.infolist() if ".dist-info/" not in i.filename]; \
+	  [out.writestr(d, b"") for d in sorted({i.filename[: k + 1] for i in items for k, c in enumerate(i.filename) if c == "/"})]; \
+	  [out.writestr(i, whl.read(i)) for i in items]; out.close()' $(WHEEL) $(PYFILES_ZIP)
 	@echo "== $(WHEEL) (pip install it: conf inside) and $(PYFILES_ZIP) (--py-files)"
 
 dist-env: dist

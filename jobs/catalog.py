@@ -28,6 +28,9 @@ benchmark reports          ``<artifacts>/reports/bench_<name>.{json,md}``  ``app
 generated landing folder   ``<data_root>/raw/generated`` (``events/``,     ``shopseq generate --output``,
                            ``users/``, ``_shopseq_generate.json``)         ``source.path`` (ingest)
 benchmark work folders     ``<data_root>/bench/<name>/...``
+failure logs               ``<data_root>/logs/<stage>-<UTC time>.log``     (a temporary file when the
+                           (a stage that Spark failed: the full trace)     data root is not a writable
+                                                                           local folder)
 =========================  ==============================================  ==============================
 
 ``<artifacts>`` is :attr:`Catalog.artifacts`. A local artifact path keeps the
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from shopseq.jobs.config import Config, TablesConfig
 from shopseq.jobs.tables import TableRef, table_ref
@@ -198,6 +202,17 @@ class Catalog:
         if name not in SCRATCH:
             raise ValueError(f"scratch: unknown entry {name!r}; the catalog names {', '.join(sorted(SCRATCH))}")
         return self._under(name)
+
+    # ------------------------------------------------------------------ failure logs
+    @property
+    def logs(self) -> str:
+        """``<data_root>/logs``: the full traces of stages that Spark failed (``shopseq <stage>`` prints one line pointing here)."""
+        return self._under("logs")
+
+    def failure_log(self, stage: str, at: datetime) -> str:
+        """``<logs>/<stage>-<UTC time>.log`` (``sessionize-20240101T120000.000000Z.log``): one failed run's full trace."""
+        stamp = at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        return os.path.join(self.logs, f"{stage}-{stamp}.log")
 
 
 def catalog(cfg: Config) -> Catalog:

@@ -1,6 +1,6 @@
 """``shopseq``: one console script, one sub-command per stage.
 
-``shopseq <stage> [args]`` hands ``args`` to ``jobs.<module>.main(argv)``, the
+``shopseq <stage> [args]`` hands ``args`` to the stage module's ``main(argv)`` (``shopseq.jobs.stages.<stage>``, ``shopseq.jobs.bench.cli``, ``shopseq.jobs.config.cli``), the
 same function ``spark-submit`` and Databricks wheel tasks call.
 """
 
@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from shopseq.jobs.config import DefaultsHelpFormatter
+from shopseq.jobs.config.cli import DefaultsHelpFormatter
 
 # stage -> (module with main(argv), one-line help)
 STAGES: dict[str, tuple[str, str]] = {
@@ -23,7 +23,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "predict": ("shopseq.jobs.stages.predict", "batch predictions back to Delta"),
     "run": ("shopseq.jobs.stages.run", "the whole pipeline, generate -> predict, in one command"),
     "bench": ("shopseq.jobs.bench.cli", "benchmarks reported as ratios against a reference in the same run"),
-    "config": ("shopseq.jobs.config", "validate the config layers without Spark and print them (--reference: the key reference)"),
+    "config": ("shopseq.jobs.config.cli", "validate the config layers without Spark and print them (--reference: the key reference)"),
 }
 
 

@@ -66,37 +66,47 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def trained(spark, tmp_path_factory: pytest.TempPathFactory):
-    """A small generated dataset taken through ingest, sessionize, features and a short single-process training.
+    """The suite's one end-to-end pipeline: ``shopseq run`` (generate -> predict) on a small generated dataset.
 
-    Shared (session-scoped) by the evaluate, predict and notebook tests; tests
-    that write tables must leave the ones written here readable. Returns a
-    namespace with ``cfg``, ``tables``, ``root`` and the ``train`` result.
+    Training runs on 2 gloo ranks through ``horovod.spark.run`` on the test session, as a user's ``make run``
+    does. Every end-to-end check that can read it shares it (the run summary and re-run, evaluate, predict,
+    notebooks, the cluster test's local-mode reference, freshness, the reliability chain's uninterrupted
+    run); tests that write must work on a copy of ``root`` (``copy_root``) or leave its tables readable and
+    its audit rows as they are. Returns a namespace with ``cfg``, ``tables``, ``root``, ``run`` (the
+    pipeline's result, :func:`shopseq.jobs.stages.run.run_pipeline`), ``summary`` (the text ``shopseq run``
+    prints) and ``train`` (the train stage's result).
     """
     from types import SimpleNamespace
 
-    from shopseq.jobs.stages.build_features import run_features
     from shopseq.jobs.config import load_config
-    from shopseq.jobs.stages.generate import landing_dir, write_generated
-    from shopseq.jobs.stages.ingest import run_ingest
-    from shopseq.jobs.stages.sessionize import run_sessionize
+    from shopseq.jobs.stages.run import format_summary, run_pipeline
     from shopseq.jobs.tables import TableIO
-    from shopseq.jobs.stages.train import run_train
 
     root = tmp_path_factory.mktemp("trained")
     cfg = load_config("local", REPO / "conf", [f"app.data_root={root}", *TRAINED_OVERRIDES])
     tables = TableIO(spark, cfg)
-    write_generated(spark, cfg, landing_dir(cfg))
-    run_ingest(tables, cfg)
-    run_sessionize(tables, cfg, plot=False)
-    run_features(tables, cfg)
-    result = run_train(tables, cfg)
-    return SimpleNamespace(cfg=cfg, tables=tables, root=root, train=result)
+    result = run_pipeline(tables, cfg)
+    return SimpleNamespace(cfg=cfg, tables=tables, root=root, run=result, summary=format_summary(result), train=result["results"]["train"])
 
 
-# Small and quick: about 200 users over 6 weeks, short horizons so every split has labels, 2 epochs in one process.
+def copy_root(trained, dest: Path, mlruns: bool = False) -> Path:
+    """A copy of the shared pipeline's data root to write in (Delta tables are relative to their folders).
+
+    Without ``mlruns`` the copy gets a new MLflow store (the runs the checkpoints name stay readable in the original).
+    """
+    import shutil
+
+    shutil.copytree(trained.root, dest, ignore=None if mlruns else shutil.ignore_patterns("mlruns"))
+    return dest
+
+
+# Small and quick: 200 users over 6 weeks, short horizons so every split has labels; 2 Horovod ranks (gloo) on the
+# test session, EPOCHS epochs. Per rank batch 32 at lr 0.0015 = global batch 64 at lr 0.003 once Horovod scales lr by 2.
+EPOCHS = 4
 TRAINED_OVERRIDES = [
     "generate.users=200", "generate.days=42",
     "features.purchase_horizon_days=3", "features.churn_horizon_days=7", "features.train_fraction=0.5", "features.val_fraction=0.25",
-    "features.train_ranks=1", "features.row_groups_per_rank=2",
-    "train.launcher=local", "train.num_proc=1", "train.epochs=2", "train.dim=32", "train.layers=1", "train.batch_size=64", "train.lr=0.003",
+    "features.train_ranks=2", "features.row_groups_per_rank=2",
+    "train.launcher=spark", "train.num_proc=2", f"train.epochs={EPOCHS}", f"train.patience={EPOCHS}",
+    "train.dim=32", "train.layers=1", "train.batch_size=32", "train.lr=0.0015",
 ]  # fmt: skip

@@ -1,6 +1,9 @@
-"""The literature's next-item baselines (training/baselines.py): exact scores on tiny literal histories."""
+"""The baselines: most popular, Markov, repeat-last and the literature's next-item baselines (training/baselines.py),
+the purchase / churn baselines (training/profile_baselines.py); exact scores on tiny literal histories."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -14,13 +17,23 @@ from shopseq.training.baselines import (
     ItemKNN,
     RecentPopularity,
     Reconsume,
+    SequenceBaselines,
     SequentialRules,
     _TimeIndex,
+    action_baseline_predictions,
     current_session_weights,
+    fit_baselines,
     fit_next_item_baselines,
+    last_event_types,
+    last_items,
+    markov_scores,
     popularity_rank,
+    popularity_scores,
+    repeat_last_scores,
     train_events,
 )
+from shopseq.training.metrics import ranks_in_batches
+from shopseq.training.profile_baselines import LIGHTGBM_PARAMS, baseline_features, fit_profile_baseline, signed_log1p
 
 H = 3_600 * 1_000_000  # one hour in microseconds
 
@@ -95,10 +108,15 @@ def test_a_gap_in_positions_splits_a_session():
     assert ev.session.tolist() == [0, 1, 2, 2]  # the label-only 3 starts a session; 5 follows a gap
 
 
+LITERAL_POP_RANK = np.array([1, 0, 6, 7, 5, 4, 3, 2]) / 8  # popularity_rank of _literal_train (next test)
+
+
 def test_popularity_rank_orders_by_count_then_lower_index():
     ev = train_events(_literal_train())
-    # counts: 3 -> 2; 2, 4, 5, 6, 7 -> 1; 0, 1 -> 0
+    # counts: 3 -> 2; 2, 4, 5, 6, 7 -> 1; 0, 1 -> 0. Ranked from the least popular: 1, 0 (count 0, the higher index
+    # first), 7, 6, 5, 4, 2 (count 1), 3
     assert (popularity_rank(ev, 8) * 8).tolist() == [1, 0, 6, 7, 5, 4, 3, 2]
+    assert popularity_rank(ev, 8).tolist() == LITERAL_POP_RANK.tolist()
 
 
 # --------------------------------------------------------------------------- shape and fallback
@@ -111,7 +129,7 @@ def test_every_scorer_returns_float64_full_catalogue_and_falls_back_to_popularit
     # all padding; all OOV (cutoff 0: before every train event, after the third row's events by more than a day,
     # so recent_pop has no recent events either); a real window
     data = query([[0, 0, 0], [1, 1, 1], [0, 2, 3]], starts=[[0, 0, 0], [1, 0, 0], [0, 1, 0]], cutoffs=[0, 0, -10 * US_PER_DAY])
-    pop_only = TIE_BREAK * popularity_rank(train_events(train), 8)
+    pop_only = TIE_BREAK * LITERAL_POP_RANK  # no evidence: 0 + the popularity tie-break
     for name, scorer in scorers.items():
         s = scorer.scores(data, slice(0, 3))
         assert s.shape == (3, 8) and s.dtype == torch.float64, name
@@ -127,7 +145,8 @@ def test_missing_cutoff_times_and_bad_params_are_clear_errors():
         fit_next_item_baselines(train, n_items=8)
     with pytest.raises(ValueError, match="decay=0"):
         BaselineParams(decay=0)
-    assert SequentialRules.fit(train, 8).scores(query([[2, 3, 4]]), slice(0, 1)).shape == (1, 8)  # needs no times
+    # needs no times: last item 4 ends its session (no rule from it), so the row falls back to popularity
+    assert SequentialRules.fit(train, 8).scores(query([[2, 3, 4]]), slice(0, 1))[0].tolist() == (TIE_BREAK * LITERAL_POP_RANK).tolist()
 
 
 # --------------------------------------------------------------------------- methods
@@ -143,8 +162,7 @@ def test_sr_rules_weigh_one_over_the_step_within_sessions():
     rows = query([[0, 0, 2], [5, 3, 2]])
     assert sr.primary(rows, slice(0, 2))[:, 3:5].tolist() == [[1.0, 0.5], [1.0, 0.5]]  # the last item only
     s = sr.scores(rows, slice(0, 1))[0]
-    pop = popularity_rank(train_events(train), 8)
-    assert s[3].item() == 2.0 + TIE_BREAK * pop[3] and s[4].item() == 1.5 + TIE_BREAK * pop[4]
+    assert s[3].item() == 2.0 + TIE_BREAK * (7 / 8) and s[4].item() == 1.5 + TIE_BREAK * (5 / 8)  # 1 + rule + tie-break
     assert s[2:].argsort(descending=True).add(2).tolist()[:2] == [3, 4]
 
 
@@ -222,9 +240,13 @@ def test_recent_pop_counts_only_the_window_before_each_cutoff():
     p = rp.primary(data, slice(0, 2))
     assert p[0].tolist() == [0, 0, 0, 1, 0, 0, 1, 0]  # 4 is after the cutoff; 5 long before
     assert p[1].tolist() == [0, 0, 0, 1, 1, 0, 1, 0]
+    # 1 + count for the recent items 3 and 6, then the train popularity tie-break: counts 5 -> 3; 2, 3, 4, 6 -> 1, so
+    # ranked from the least popular 7, 1, 0, 6, 4, 3, 2, 5. Item 5, the most popular in train, has no recent event.
     s = rp.scores(data, slice(0, 1))[0]
-    assert s[6] > s[5] and s[3] > s[5]  # 5 is the most popular in train, but not recently
-    assert s[5] == TIE_BREAK * popularity_rank(train_events(train), 8)[5]
+    assert s.tolist() == pytest.approx(
+        (np.array([0, 0, 0, 2, 0, 0, 2, 0]) + TIE_BREAK * (np.array([2, 1, 6, 5, 4, 7, 3, 0]) / 8)).tolist(), rel=0, abs=1e-15
+    )
+    assert s.argsort(descending=True).tolist()[:3] == [3, 6, 5]
 
 
 def test_recent_pop_counts_the_scored_splits_history_but_never_its_labels():
@@ -274,3 +296,164 @@ def test_vsknn_matches_a_dense_search_over_every_train_session():
         want[r] = sim[near] @ x[near]
     assert np.allclose(vs.primary(data, slice(0, 50)), want, rtol=1e-12, atol=0)
     assert (want > 0).any(axis=1).sum() > 40
+
+
+# --------------------------------------------------------------------------- most popular, Markov, repeat-last
+
+
+def _train_tensors() -> dict[str, torch.Tensor]:
+    """L = 3. User 10: items 2,3,4,2 (two overlapping windows); user 20: 3 then 4; user 30: OOV, 2, then 3."""
+    return {
+        "item_idx_seq": torch.tensor([[0, 2, 3], [3, 4, 2], [0, 0, 3], [0, 1, 2]]),
+        "event_type_idx_seq": torch.tensor([[0, 2, 2], [2, 3, 4], [0, 0, 2], [0, 2, 3]]),
+        "session_start_seq": torch.tensor([[0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 1, 0]]),
+        "frequency": torch.tensor([2, 4, 1, 2]),
+        "user_key": torch.tensor([10, 10, 20, 30]),
+        "next_item_idx": torch.tensor([4, -100, 4, 3]),
+        "next_event_type_idx": torch.tensor([3, -100, 3, 2]),
+        "next_label_mask": torch.tensor([1, 0, 1, 1]),
+    }
+
+
+def test_fit_baselines_counts_each_train_event_and_transition_once():
+    b = fit_baselines(_train_tensors(), n_items=5, n_event_types=5)
+    # user 10 positions 0..3 = 2,3,4,2 (position 2 is a label and a window slot); user 20: 3,4; user 30: OOV,2,3
+    assert b.item_counts.tolist() == [0, 0, 3, 3, 2]
+    expected = np.zeros((5, 5))
+    expected[2, 3], expected[3, 4], expected[4, 2] = 2, 2, 1  # 10: 2>3, 3>4, 4>2; 20: 3>4; 30: 2>3 (OOV>2 left out)
+    assert (b.transitions.toarray() == expected).all()
+    # at the labelled cutoffs: 10 (last 3 -> 4), 20 (last 3 -> 4), 30 (last 2 -> 3)
+    at_cutoffs = np.zeros((5, 5))
+    at_cutoffs[3, 4], at_cutoffs[2, 3] = 2, 1
+    assert (b.cutoff_transitions.toarray() == at_cutoffs).all()
+    # next event types at the labelled cutoffs: (last 2 -> 3), (2 -> 3), (3 -> 2)
+    assert b.action_counts.tolist() == [0, 0, 1, 2, 0]
+    assert b.action_transitions[2].tolist() == [0, 0, 0, 2, 0] and b.action_transitions[3].tolist() == [0, 0, 1, 0, 0]
+
+
+def test_markov_is_fitted_at_cutoffs_and_backs_off():
+    """One user, events 2,3,2,3 then the labelled next item 4 at the cutoff: consecutive steps say 3 -> 2 as often as
+    3 -> 4, the cutoff says 3 -> 4; item 2 was never last at a cutoff (back-off to consecutive steps: 2 -> 3)."""
+    train = {
+        "item_idx_seq": torch.tensor([[2, 3, 2, 3]]), "event_type_idx_seq": torch.tensor([[2, 2, 2, 2]]), "session_start_seq": torch.tensor([[1, 0, 0, 0]]),
+        "frequency": torch.tensor([4]), "user_key": torch.tensor([1]),
+        "next_item_idx": torch.tensor([4]), "next_event_type_idx": torch.tensor([2]), "next_label_mask": torch.tensor([1]),
+    }  # fmt: skip
+    b = fit_baselines(train, n_items=6, n_event_types=3)
+    tb = [0, 0, 2 / 6, 2 / 6, 1 / 6, 0]  # counts 2, 2, 1 over 5 events + 1
+    got = markov_scores(b, torch.tensor([3, 2, 5, 1]))
+    expected = torch.tensor([
+        [0, 0, tb[2], tb[3], 1 + tb[4], 0],  # at a cutoff: only 3 -> 4 counts
+        [0, 0, tb[2], 2 + tb[3], tb[4], 0],  # never last at a cutoff: 2 -> 3 twice among consecutive events
+        tb,  # never followed: popularity
+        tb,  # OOV: popularity
+    ], dtype=torch.float64)  # fmt: skip
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_item_baseline_scores_and_ranks():
+    b = fit_baselines(_train_tensors(), n_items=5, n_event_types=5)
+    tb = [0, 0, 3 / 9, 3 / 9, 2 / 9]  # popularity / (total + 1): orders ties only
+    assert torch.allclose(markov_scores(b, torch.tensor([3, 1])), torch.tensor([[0, 0, tb[2], tb[3], 2 + tb[4]], tb], dtype=torch.float64))
+    assert torch.allclose(repeat_last_scores(b, torch.tensor([4, 1])), torch.tensor([[0, 0, tb[2], tb[3], 1 + tb[4]], tb], dtype=torch.float64))
+    target, mask = torch.tensor([4, 2, 3, 2]), torch.ones(4, dtype=torch.long)
+    last = torch.tensor([3, 3, 4, 1])  # 4: never last at a train cutoff (back-off: 4 -> 2); OOV last item: popularity only
+
+    def ranks(score_rows):
+        r = ranks_in_batches(score_rows, target, mask)
+        return r.above.tolist(), r.tied.tolist()
+
+    # items 2 and 3 are equally popular: a target among them is tied with the other one
+    assert ranks(lambda r: popularity_scores(b, len(target[r]))) == ([2, 0, 0, 0], [0, 1, 1, 1])
+    assert ranks(lambda r: markov_scores(b, last[r])) == ([0, 1, 1, 0], [0, 1, 0, 1])
+    assert ranks(lambda r: repeat_last_scores(b, last[r])) == ([2, 1, 1, 0], [0, 0, 1, 1])
+
+
+def test_last_item_and_type_and_action_baselines():
+    data = _train_tensors()
+    assert last_items(data).tolist() == [3, 2, 3, 2]
+    assert last_event_types(data).tolist() == [2, 4, 2, 3]
+    b = fit_baselines(data, n_items=5, n_event_types=5)
+    pred = action_baseline_predictions(b, np.array([2, 3, 4, 0]))
+    assert pred["most_popular"].tolist() == [3, 3, 3, 3]  # 3 follows twice, 2 once
+    assert pred["markov"].tolist() == [3, 2, 3, 3]  # after 2 -> 3; after 3 -> 2; unseen 4 and padding -> most popular
+    assert pred["repeat_last"].tolist() == [2, 3, 4, 0]
+
+
+# --------------------------------------------------------------------------- purchase / churn: profiles + window summary
+
+
+def test_profile_logistic_regression_uses_only_labelled_rows():
+    assert signed_log1p(np.array([-1.0, 0.0, math.e - 1])).tolist() == pytest.approx([-math.log(2), 0.0, 1.0])
+    x = np.array([[0.0, 2], [1, 2], [2, 3], [10, 3], [20, 2], [30, 3], [0, 2], [30, 2]])
+    y = np.array([0, 0, 0, 1, 1, 1, -100, -100])  # censored rows: label -100 (three classes would fail the fit)
+    mask = np.array([1, 1, 1, 1, 1, 1, 0, 0])
+    lr = fit_profile_baseline(x, y, mask, n_numeric=1, n_embedded=1)
+    assert lr.n_train == 6 and lr.train_rate == 0.5
+    # features: signed log1p then standardised (log1p(e-1) = 1), embedded column one-hot
+    features = lr.pipeline[0]  # type: ignore[index]
+    z = np.log1p(x[:6, 0])
+    got = features.transform(np.array([[math.e - 1, 2], [0.0, 3]]))
+    assert np.allclose(got, [[(1 - z.mean()) / z.std(), 1.0, 0.0], [(0 - z.mean()) / z.std(), 0.0, 1.0]], rtol=0, atol=1e-12)
+    # the fit: a plain logistic regression on the six labelled rows' features built by hand as above
+    from sklearn.linear_model import LogisticRegression
+
+    design = np.column_stack([(z - z.mean()) / z.std(), x[:6, 1] == 2, x[:6, 1] == 3]).astype(np.float64)
+    reference = LogisticRegression(max_iter=1000, random_state=0).fit(design, y[:6])
+    assert lr.predict_proba(x[:6]).tolist() == pytest.approx(reference.predict_proba(design)[:, 1].tolist(), rel=0, abs=1e-9)
+    single = fit_profile_baseline(x, np.array([0, 0, 0, 0, 0, 1, -100, -100]), np.array([1, 1, 1, 1, 1, 0, 0, 0]), 1, 1)
+    assert single.pipeline is None and single.predict_proba(x).tolist() == [0.0] * 8
+    # The summary columns (after the embedded ones) are standardised as they are, not log-transformed.
+    xs = np.hstack([x, np.array([[4.0], [0], [4], [0], [4], [0], [9], [9]])])
+    with_summary = fit_profile_baseline(xs, y, mask, n_numeric=1, n_embedded=1, n_summary=1)
+    assert np.allclose(with_summary.pipeline[0].transform(xs[:2])[:, -1], [1.0, -1.0], rtol=0, atol=1e-12)  # type: ignore[index]
+
+
+def test_lightgbm_baseline_fixed_parameters_and_labelled_rows_only():
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.random(400) * 10, rng.integers(0, 3, 400), rng.random(400)])
+    y = ((x[:, 0] > 5) ^ (x[:, 1] == 2)).astype(np.int64)  # a threshold crossed with a category: needs a tree
+    mask = np.ones(400, dtype=np.int64)
+    mask[-50:] = 0
+    y[-50:] = -100
+    gbm = fit_profile_baseline(x, y, mask, n_numeric=1, n_embedded=1, n_summary=1, kind="lightgbm")
+    params = gbm.pipeline.get_params()  # type: ignore[attr-defined]
+    assert {k: params[k] for k in ("n_estimators", "num_leaves", "learning_rate", "min_child_samples", "random_state")} == {
+        "n_estimators": 200, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 20, "random_state": 0
+    } and LIGHTGBM_PARAMS["n_estimators"] == 200  # fmt: skip
+    assert gbm.n_train == 350
+    test = np.array([[2.0, 0, 0.5], [8.0, 0, 0.5], [2.0, 2, 0.5], [8.0, 2, 0.5]])
+    assert (gbm.predict_proba(test).round() == [0, 1, 1, 0]).all()
+    with pytest.raises(ValueError, match="unknown profile baseline 'xgb'"):
+        fit_profile_baseline(x, y, mask, 1, 1, kind="xgb")
+
+
+def test_baseline_features_are_the_profiles_plus_the_models_window_summary():
+    schema = {
+        "columns": [
+            {"name": "item_idx_seq", "role": "sequence", "shape": [4], "embedding": "item"},
+            {"name": "event_type_idx_seq", "role": "sequence", "shape": [4], "embedding": "event_type"},
+            {"name": "dt_bucket_seq", "role": "sequence", "shape": [4], "embedding": "dt_bucket"},
+            {"name": "session_start_seq", "role": "sequence", "shape": [4], "embedding": "session_start"},
+            {"name": "frequency", "role": "profile", "shape": []},
+            {"name": "top_category_idx", "role": "profile", "shape": [], "embedding": "category"},
+        ],
+        "embedding_sizes": {"item": 8, "event_type": 4, "dt_bucket": 5, "session_start": 2, "category": 3},
+        "max_len": 4,
+    }
+    data = {
+        "item_idx_seq": torch.tensor([[0, 5, 6, 7]]), "event_type_idx_seq": torch.tensor([[0, 2, 3, 2]]),
+        "dt_bucket_seq": torch.tensor([[0, 3, 1, 2]]), "session_start_seq": torch.tensor([[0, 1, 0, 1]]),
+        "frequency": torch.tensor([12]), "top_category_idx": torch.tensor([2]),
+    }  # fmt: skip
+    x, n_numeric, n_embedded, n_summary = baseline_features(data, schema)
+    assert (n_numeric, n_embedded, n_summary) == (1, 1, 9)
+    # sessions start at positions 1 and 3: last one 1 event, the one before 2; gap buckets 2/4 and 3/4; 2 sessions;
+    # event-type shares 0, 0, 2/3, 1/3
+    expected = [12, 2, math.log(2), math.log(3), 0.5, 0.75, math.log(3), 0, 0, 2 / 3, 1 / 3]
+    assert x.shape == (1, 11) and np.allclose(x[0], expected, rtol=0, atol=1e-6)
+
+
+def test_sequence_baselines_tie_break_below_one():
+    b = SequenceBaselines(np.array([0.0, 0.0, 5.0, 1.0]), None, np.zeros(3), np.zeros((3, 3)))  # type: ignore[arg-type]
+    assert b.tie_break.max() < 1.0 and b.tie_break.tolist() == [0, 0, 5 / 7, 1 / 7]

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from shopseq.jobs import cli
 
@@ -115,3 +118,29 @@ def test_a_bad_config_value_stops_a_stage_with_one_line_and_exit_2(capsys):
     assert capsys.readouterr().err == "shopseq sessionize: error: --set: 'sessionize.gap_minutes' must be > 0, got -5.0\n"
     assert cli.main(["config", "--set", "train.encoder=lstm"]) == 2
     assert capsys.readouterr().err == "shopseq config: error: --set: 'train.encoder' must be one of 'transformer', 'gru', got 'lstm'\n"
+
+
+LIMIT_ERROR = "shopseq ingest: error: argument --limit: must be a whole number from 1 to 2147483647, got {!r}"
+
+
+def test_limit_is_range_checked_while_parsing(capsys, tmp_path):
+    for value in ("-1", "0", "12345678901234567890123", "2147483648", "ten"):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["ingest", "--limit", value, "--set", f"app.data_root={tmp_path}"])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1] == LIMIT_ERROR.format(value) and "Traceback" not in err
+    from shopseq.jobs.stages.ingest import build_parser
+
+    assert build_parser().parse_args(["--limit", "2147483647"]).limit == 2147483647
+
+
+def test_limit_is_refused_before_spark_could_start(tmp_path):
+    """With no Java to start, a bad --limit still gets its line (nothing tried to start Spark); a good one reaches Spark, which cannot start."""
+    env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-java")}
+    args = [sys.executable, "-m", "shopseq.jobs.cli", "ingest", "--set", f"app.data_root={tmp_path / 'root'}", "--limit"]
+    refused = subprocess.run([*args, "12345678901234567890123"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == LIMIT_ERROR.format("12345678901234567890123")
+    assert "java" not in refused.stderr.lower() and not (tmp_path / "root").exists()
+    started = subprocess.run([*args, "5"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert started.returncode == 1 and "Spark failed: PySparkRuntimeError: [JAVA_GATEWAY_EXITED]" in started.stderr.splitlines()[-1], started.stderr

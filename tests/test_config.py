@@ -311,3 +311,99 @@ def test_get_spark_sets_the_sql_settings_on_the_running_session(spark):
     finally:
         for key in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled"):
             spark.conf.set(key, before[key])
+
+
+# --------------------------------------------------------------------------- finite floats
+
+
+NON_FINITE = [
+    ("train.lr=.inf", "--set: 'train.lr' must be a finite number, got inf"),
+    ("train.weight_decay=.nan", "--set: 'train.weight_decay' must be a finite number, got nan"),
+    ("sessionize.gap_minutes=.inf", "--set: 'sessionize.gap_minutes' must be a finite number, got inf"),
+    ("ingest.max_future_skew_hours=.inf", "--set: 'ingest.max_future_skew_hours' must be a finite number, got inf"),
+    ("features.purchase_horizon_days=-.inf", "--set: 'features.purchase_horizon_days' must be a finite number, got -inf"),
+]
+
+
+@pytest.mark.parametrize("override, message", NON_FINITE, ids=[o for o, _ in NON_FINITE])
+def test_a_float_key_refuses_inf_and_nan(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("local", REPO / "conf", [override])
+    assert str(err.value) == message
+
+
+def _float_keys():
+    """``(key, section, field, class, shape)`` of every float key, and every list or map of floats (shape ``elements``)."""
+    from shopseq.features.settings import float_shape
+    from shopseq.jobs.config import type_hints
+
+    return [(f"{name}.{f.name}", name, f, cls, float_shape(type_hints(cls)[f.name])) for name, f, cls in _sections() if float_shape(type_hints(cls)[f.name])]
+
+
+def test_every_float_key_of_every_section_refuses_inf_and_nan(tmp_path):
+    from shopseq.jobs.config import default_of, yaml_value
+
+    keys = _float_keys()
+    assert {k for k, *_ in keys} >= {"train.lr", "train.weight_decay", "sessionize.gap_minutes", "ingest.max_future_skew_hours", "features.purchase_horizon_days"}
+    assert {k for k, *_, shape in keys if shape == "elements"} == {"generate.hour_weights", "generate.price_median_range", "train.loss_weights"}
+    checked = 0
+    for key, name, f, cls, shape in keys:
+        for bad, shown in ((float("inf"), "inf"), (float("-inf"), "-inf"), (float("nan"), "nan")):
+            if shape == "scalar":
+                override, message = f"{key}={yaml_value(bad)}", f"'{key}' must be a finite number, got {shown}"
+                with pytest.raises(ConfigError) as built:
+                    cls(**{f.name: bad})  # a directly built section is refused too
+                assert str(built.value) == f"{name}.{f.name}: must be a finite number, got {shown}"
+            else:
+                default = default_of(f)
+                value = {next(iter(default)): bad} if isinstance(default, dict) else [bad, *default[1:]]
+                override, message = f"{key}={yaml_value(value)}", f"'{key}' must hold finite numbers only, got "
+            with pytest.raises(ConfigError) as loaded:
+                load_config("local", REPO / "conf", [override])
+            assert str(loaded.value).startswith(f"--set: {message}") and shown in str(loaded.value), str(loaded.value)
+            checked += 1
+    assert checked == 3 * len(keys)
+    # A YAML layer is named like --set; an int beyond float's range is not turned into inf.
+    layer = tmp_path / "mine.yaml"
+    layer.write_text("sessionize:\n  gap_minutes: .nan\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("local", REPO / "conf", layers=[layer])
+    assert str(err.value) == f"{layer}: 'sessionize.gap_minutes' must be a finite number, got nan"
+    with pytest.raises(ConfigError, match=r"^--set: 'train.lr' must be a finite number, got 1000+$"):
+        load_config("local", REPO / "conf", ["train.lr=1" + "0" * 400])
+    assert load_config("local", REPO / "conf", ["train.lr=1.0e-300", "features.gap_days=null"]).train.lr == 1e-300
+
+
+# --------------------------------------------------------------------------- where the config code lives
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_one_schema_per_layer_and_the_loader_does_not_render_the_reference():
+    settings, params = REPO / "features" / "settings.py", REPO / "features" / "params.py"
+    config = REPO / "jobs" / "config"
+    assert {m for m in _imported_modules(settings) if m.startswith("shopseq.")} == set()  # the declaration machinery stands alone
+    assert {m for m in _imported_modules(params) if m.startswith("shopseq.")} == {"shopseq.features.settings"}
+    schema_imports = {m for m in _imported_modules(config / "schema.py") if m.startswith("shopseq.")}
+    assert schema_imports == {"shopseq.features.params", "shopseq.features.settings", "shopseq.training.storage"}  # storage: app.artifact_root's check
+    loader = {m for m in _imported_modules(config / "loader.py") if m.startswith("shopseq.")}
+    assert loader == {"shopseq.features.settings", "shopseq.jobs.config.schema"}  # neither the reference nor the command line
+    assert "shopseq.jobs.config.loader" not in _imported_modules(config / "reference.py")
+    import shopseq.features.params as p
+    import shopseq.features.settings as s
+    from shopseq.jobs import cli
+    from shopseq.jobs.config import schema
+
+    assert not [n for n in ("setting", "Check", "Validated", "problem", "within", "each", "type_hints") if n in vars(p) and vars(p)[n] is not getattr(s, n, None)]
+    assert {c.__module__ for c in (schema.AppConfig, schema.Config)} == {"shopseq.jobs.config.schema"}
+    assert cli.STAGES["config"][0] == "shopseq.jobs.config.cli"

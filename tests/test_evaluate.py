@@ -1,5 +1,6 @@
-"""Evaluation (issues 6 and 14): metrics, ties, OOV, bootstrap intervals and baselines on hand-built tensors (exact
-values), then `shopseq evaluate` on the trained fixture."""
+"""Evaluation (issues 6 and 14): metrics, ties, OOV, bootstrap intervals and outcomes on hand-built data (exact
+values, the hand computation beside each), then `shopseq evaluate` on the trained fixture. The baselines' tests are in
+tests/test_baselines.py."""
 
 from __future__ import annotations
 
@@ -9,38 +10,30 @@ import numpy as np
 import pytest
 import torch
 
-from shopseq.training.evaluation import (
-    LIGHTGBM_PARAMS,
-    Difference,
-    MetricRow,
-    SequenceBaselines,
-    action_baseline_predictions,
+from shopseq.training.evaluation import Difference, MetricRow, compare, score_task
+from shopseq.training.metrics import (
+    Statistic,
+    TargetRanks,
+    accuracy_statistic,
     action_metrics,
     average_precision_statistic,
-    baseline_features,
+    batch_ranking_sums,
     binary_metrics,
+    binary_statistics,
     bootstrap_distributions,
     calibration_bins,
-    compare,
-    expected_calibration_error,
-    fit_baselines,
-    fit_profile_baseline,
-    last_event_types,
-    last_items,
+    expected_at_k,
+    log_loss_statistic,
     macro_f1_statistic,
-    markov_scores,
     mean_statistic,
     percentile_interval,
-    popularity_scores,
     ranking_metrics,
     ranking_values,
     ranks_in_batches,
-    repeat_last_scores,
+    roc_auc,
     roc_auc_statistic,
-    score_task,
-    signed_log1p,
+    target_ranks,
 )
-from shopseq.training.metrics import TargetRanks, batch_ranking_sums, expected_at_k, target_ranks
 
 INV_LOG2_3 = 1 / math.log2(3)
 
@@ -124,6 +117,58 @@ def test_ranking_metrics_exact_without_ties():
     assert m[("mrr", 5)] == pytest.approx((1 + 1 / 2 + 1 / 5) / 4, abs=1e-12)
 
 
+def _expected_by_positions(scores: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
+    """``[n, 3]``: HR@k, NDCG@k and MRR@k of each row, listing the positions a random tie order gives the target.
+
+    Written apart from :mod:`shopseq.training.metrics` (no shared code): columns 0 and 1 (padding, OOV) are never
+    candidates; a real target is equally likely at each position from the number of real items above it to that plus
+    the number of other real items tied with it; any other target is a miss.
+    """
+    out = np.zeros((len(target), 3))
+    for i, (row, t) in enumerate(zip(scores, target)):
+        if t < 2:
+            continue
+        real, own = row[2:], row[t]
+        above, tied = int((real > own).sum()), int((real == own).sum()) - 1
+        for position in range(above, min(above + tied + 1, k)):
+            out[i] += [1.0, 1.0 / math.log2(position + 2), 1.0 / (position + 1)]
+        out[i] /= tied + 1
+    return out
+
+
+def test_expected_at_k_equals_a_direct_count_of_the_targets_positions():
+    # the direct count on the hand row of test_tie_with_one_other_item_at_the_top_is_half_a_hit_at_1: g = 1, t = 2,
+    # positions 1, 2, 3; @3 -> positions 1 and 2
+    hand = _expected_by_positions(np.array([[0.0, 0.0, 0.5, 0.5, 0.5, 0.9]]), np.array([2]), 3)
+    assert hand[0] == pytest.approx([2 / 3, (INV_LOG2_3 + 1 / 2) / 3, (1 / 2 + 1 / 3) / 3], abs=1e-15)
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (60, 12)).astype(np.float64)  # 10 real items on 4 score levels: ties in every row
+    target = rng.integers(1, 12, 60)  # target 1 (OOV) in some rows: misses
+    assert 0 < (target == 1).sum() < 60
+    ranks = target_ranks(torch.from_numpy(scores), torch.from_numpy(target), torch.ones(60, dtype=torch.long))
+    for k in (1, 3, 10):
+        got = np.stack([v.numpy() for v in expected_at_k(ranks, k)], axis=1)
+        assert np.allclose(got, _expected_by_positions(scores, target, k), rtol=0, atol=1e-12), k
+
+
+def test_ndcg_is_sklearns_ndcg_score_with_ties_averaged():
+    from sklearn.metrics import ndcg_score
+
+    scores = np.array([[0, 0, 0.5, 0.5, 0.5, 0.9], [0, 0, 0.9, 0.9, 0.1, 0.2], [0, 0, 0.3, 0.1, 0.3, 0.3]])
+    target = np.array([2, 3, 5])
+    # row 0: 1 above, 2 tied -> positions 1..3; row 1: 0 above, 1 tied -> positions 0..1; row 2: 0 above, 2 tied -> 0..2
+    hand = {
+        1: [0.0, 1 / 2, 1 / 3],
+        3: [(INV_LOG2_3 + 1 / 2) / 3, (1 + INV_LOG2_3) / 2, (1 + INV_LOG2_3 + 1 / 2) / 3],
+    }
+    ranks = target_ranks(torch.from_numpy(scores), torch.from_numpy(target), torch.ones(3, dtype=torch.long))
+    relevance = np.eye(6)[target][:, 2:]  # one relevant item per row, over the real items
+    for k, want in hand.items():
+        ndcg = expected_at_k(ranks, k)[1].tolist()
+        assert ndcg == pytest.approx(want, abs=1e-15)
+        assert ndcg == pytest.approx([ndcg_score(relevance[[i]], scores[[i], 2:], k=k, ignore_ties=False) for i in range(3)], abs=1e-15)
+
+
 # --------------------------------------------------------------------------- classification
 
 
@@ -148,30 +193,75 @@ def test_binary_metrics_exact():
     one_class = binary_metrics(np.array([0, 0]), np.array([0.2, 0.4]), bins=10)
     assert math.isnan(one_class["roc_auc"]) and math.isnan(one_class["pr_auc"]) and one_class["log_loss"] == pytest.approx(-np.mean(np.log([0.8, 0.6])))
     assert all(math.isnan(v) for v in binary_metrics(np.zeros(0), np.zeros(0), bins=10).values())
+    # probabilities 0 and 1 are clipped to [1e-7, 1 - 1e-7]: a sure miss costs -log(1e-7) = 7 ln 10, a sure hit 1e-7
+    sure = binary_metrics(np.array([0, 1]), np.array([1.0, 1.0]), bins=10)
+    assert sure["log_loss"] == pytest.approx((7 * math.log(10) + 1e-7) / 2, rel=1e-8)
 
 
-def test_calibration_error_bins_match_sklearn_edges():
+def test_roc_auc_of_training_validation_counts_a_tied_pair_one_half():
+    # (positive, negative) pairs: (0.5, 0.5) tied -> 1/2; (0.9, 0.5) ordered -> 1; AUC (1/2 + 1) / 2
+    assert roc_auc(np.array([0, 1, 1]), np.array([0.5, 0.5, 0.9])) == 0.75
+    # as validation passes them (float labels, float32 scores): positives 0.8, 0.3; negatives 0.1, 0.4 -> 3 of 4 ordered
+    assert roc_auc(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.8, 0.1, 0.3, 0.4], dtype=np.float32)) == 0.75
+    assert math.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.3]))) and math.isnan(roc_auc(np.zeros(0), np.zeros(0)))
+
+
+def test_calibration_error_bins_are_calibration_curves():
+    from sklearn.calibration import calibration_curve
+
     # equal-width bins, an edge value belongs to the bin below (as calibration_curve bins it)
     assert calibration_bins(np.array([0.0, 0.5, 0.50001, 1.0]), 2).tolist() == [0, 0, 1, 1]
     y, p = np.array([0, 1, 1, 0, 1]), np.array([0.05, 0.15, 0.85, 0.95, 0.95])
     # bin 0: rate 1/2, mean 0.1 -> 0.4 x 2/5; bin 1: rate 2/3, mean 0.91667 -> 0.25 x 3/5
-    assert expected_calibration_error(y, p, 2) == pytest.approx(0.4 * 2 / 5 + 0.25 * 3 / 5)
-    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0]), 10) == 0.0
+    assert binary_metrics(y, p, 2)["ece"] == pytest.approx(0.4 * 2 / 5 + 0.25 * 3 / 5, abs=1e-15)
+    assert binary_metrics(np.array([0, 1]), np.array([0.0, 1.0]), 10)["ece"] == 0.0
+    # every bin edge and random values: per non-empty bin, the positive rate and mean probability are calibration_curve's
+    rng = np.random.default_rng(1)
+    p = np.concatenate([np.linspace(0.0, 1.0, 11), rng.random(40)])
+    y = (rng.random(len(p)) < p).astype(np.int64)
+    b = calibration_bins(p, 10)
+    present = np.unique(b)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10)
+    assert [y[b == i].mean() for i in present] == pytest.approx(prob_true.tolist(), abs=1e-15)
+    assert [p[b == i].mean() for i in present] == pytest.approx(prob_pred.tolist(), abs=1e-15)
 
 
-def test_weighted_statistics_equal_sklearn_with_sample_weight():
-    """The vectorised statistics behind the bootstrap are scikit-learn's metrics with integer weights (resample counts)."""
-    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+def test_weighted_statistics_are_sklearns_metrics_with_sample_weight():
+    """The bootstrap's vectorised replicates against scikit-learn: bit for bit on the hand data with weight 1 (where the
+    point value is scikit-learn's), and scikit-learn with ``sample_weight`` on resample-like integer weights over many
+    tied scores, to a few float64 ulps (the sums run in another order)."""
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score, log_loss, roc_auc_score
+
+    # test_binary_metrics_exact's and test_action_metrics_macro_f1_over_label_classes's data: AUC 3/4, AP 1/2 + 1/3,
+    # ECE 0.14, accuracy 2/5, macro-F1 (1/2 + 2/3) / 3
+    y, p = np.array([0, 0, 1, 1]), np.array([0.12, 0.38, 0.36, 0.82])
+    binary = binary_statistics(y, p, 10)
+    ya, pa = np.array([2, 2, 3, 4, 4]), np.array([2, 3, 3, 2, 5])
+    action = {"accuracy": accuracy_statistic(ya, pa), "macro_f1": macro_f1_statistic(ya, pa)}
+    for name, s in binary.items():
+        assert s(np.ones((1, 4)))[0] == s.value, name
+    for name, s in action.items():
+        assert s(np.ones((1, 5)))[0] == s.value, name
+    assert [binary["roc_auc"].value, binary["ece"].value, action["accuracy"].value] == [0.75, 0.14, 0.4]
 
     rng = np.random.default_rng(3)
     y, p = rng.integers(0, 2, 40), np.round(rng.random(40), 1)  # rounded: many tied scores
     ya, pa = rng.integers(1, 5, 40), rng.integers(1, 6, 40)
-    w = rng.integers(0, 4, (5, 40)).astype(float)
-    auc, ap, f1 = roc_auc_statistic(y, p)(w), average_precision_statistic(y, p)(w), macro_f1_statistic(ya, pa)(w)
-    for i in range(5):
-        assert auc[i] == pytest.approx(roc_auc_score(y, p, sample_weight=w[i]), abs=1e-12)
-        assert ap[i] == pytest.approx(average_precision_score(y, p, sample_weight=w[i]), abs=1e-12)
-        assert f1[i] == pytest.approx(f1_score(ya, pa, labels=np.unique(ya[w[i] > 0]), average="macro", sample_weight=w[i], zero_division=0), abs=1e-12)
+    w = np.vstack([np.ones(40), rng.integers(0, 4, (5, 40))]).astype(float)  # weight 1, then five resamples' counts
+    got = {
+        "roc_auc": roc_auc_statistic(y, p)(w), "pr_auc": average_precision_statistic(y, p)(w),
+        "log_loss": log_loss_statistic(y, p)(w), "accuracy": accuracy_statistic(ya, pa)(w),
+        "macro_f1": macro_f1_statistic(ya, pa)(w),
+    }  # fmt: skip
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    for i, wi in enumerate(w):
+        want = {
+            "roc_auc": roc_auc_score(y, p, sample_weight=wi), "pr_auc": average_precision_score(y, p, sample_weight=wi),
+            "log_loss": log_loss(y, clipped, sample_weight=wi, labels=[0, 1]), "accuracy": accuracy_score(ya, pa, sample_weight=wi),
+            "macro_f1": f1_score(ya, pa, labels=np.unique(ya[wi > 0]), average="macro", sample_weight=wi, zero_division=0),
+        }  # fmt: skip
+        for name, value in want.items():
+            assert got[name][i] == pytest.approx(value, rel=1e-14, abs=1e-15), (name, i)
     one_class = np.zeros((1, 40))
     one_class[0, np.flatnonzero(y == 1)] = 1.0
     assert math.isnan(roc_auc_statistic(y, p)(one_class)[0]) and math.isnan(average_precision_statistic(y, p)(one_class)[0])
@@ -190,17 +280,16 @@ def test_bootstrap_of_identical_users_collapses_to_the_point():
 def test_bootstrap_two_users_matches_the_enumerated_distribution():
     """User A: 1 row worth 1; user B: 3 rows worth 0. Resamples: AA (1/4) -> 1, AB (1/2) -> 1/4, BB (1/4) -> 0.
 
-    With 1,000 resamples the 2.5% and 97.5% percentiles fall inside the BB and AA masses, so they equal numpy's own
-    percentiles of the enumerated distribution (400 outcomes in the exact proportions).
+    With 1,000 resamples about 250 are BB and 250 AA, far more than the 25 below the 2.5% percentile and the 25 above
+    the 97.5% one, so the interval is exactly [0, 1].
     """
     users, values = np.array([7, 9, 9, 9]), np.array([1.0, 0.0, 0.0, 0.0])
     dist = bootstrap_distributions({"m": mean_statistic(values)}, users, samples=1000, seed=0)["m"]
     assert set(np.round(dist, 12)) == {0.0, 0.25, 1.0}
-    enumerated = np.repeat([1.0, 0.25, 0.0], [100, 200, 100])
-    expected = tuple(np.percentile(enumerated, [2.5, 97.5]))
-    assert percentile_interval(dist, 0.95) == expected == (0.0, 1.0)
+    assert percentile_interval(dist, 0.95) == (0.0, 1.0)
     # the same seed gives the same resamples; all of a user's rows move together (user 9's rows weigh the same)
-    again = bootstrap_distributions({"m": mean_statistic(values), "w": lambda w: w[:, 1] - w[:, 3]}, users, samples=1000, seed=0)
+    same_weight = Statistic(math.nan, lambda w: w[:, 1] - w[:, 3])
+    again = bootstrap_distributions({"m": mean_statistic(values), "w": same_weight}, users, samples=1000, seed=0)
     assert np.array_equal(again["m"], dist) and not again["w"].any()
     assert bootstrap_distributions({"m": mean_statistic(values)}, users, samples=0, seed=0)["m"].shape == (0,)
     assert all(math.isnan(v) for v in percentile_interval(np.array([np.nan, np.nan]), 0.95))
@@ -297,159 +386,6 @@ def test_summary_rows_show_intervals_and_outcome():
     ) in text
 
 
-# --------------------------------------------------------------------------- baselines
-
-
-def _train_tensors() -> dict[str, torch.Tensor]:
-    """L = 3. User 10: items 2,3,4,2 (two overlapping windows); user 20: 3 then 4; user 30: OOV, 2, then 3."""
-    return {
-        "item_idx_seq": torch.tensor([[0, 2, 3], [3, 4, 2], [0, 0, 3], [0, 1, 2]]),
-        "event_type_idx_seq": torch.tensor([[0, 2, 2], [2, 3, 4], [0, 0, 2], [0, 2, 3]]),
-        "frequency": torch.tensor([2, 4, 1, 2]),
-        "user_key": torch.tensor([10, 10, 20, 30]),
-        "next_item_idx": torch.tensor([4, -100, 4, 3]),
-        "next_event_type_idx": torch.tensor([3, -100, 3, 2]),
-        "next_label_mask": torch.tensor([1, 0, 1, 1]),
-    }
-
-
-def test_fit_baselines_counts_each_train_event_and_transition_once():
-    b = fit_baselines(_train_tensors(), n_items=5, n_event_types=5)
-    # user 10 positions 0..3 = 2,3,4,2 (position 2 is a label and a window slot); user 20: 3,4; user 30: OOV,2,3
-    assert b.item_counts.tolist() == [0, 0, 3, 3, 2]
-    expected = np.zeros((5, 5))
-    expected[2, 3], expected[3, 4], expected[4, 2] = 2, 2, 1  # 10: 2>3, 3>4, 4>2; 20: 3>4; 30: 2>3 (OOV>2 left out)
-    assert (b.transitions.toarray() == expected).all()
-    # at the labelled cutoffs: 10 (last 3 -> 4), 20 (last 3 -> 4), 30 (last 2 -> 3)
-    at_cutoffs = np.zeros((5, 5))
-    at_cutoffs[3, 4], at_cutoffs[2, 3] = 2, 1
-    assert (b.cutoff_transitions.toarray() == at_cutoffs).all()
-    # next event types at the labelled cutoffs: (last 2 -> 3), (2 -> 3), (3 -> 2)
-    assert b.action_counts.tolist() == [0, 0, 1, 2, 0]
-    assert b.action_transitions[2].tolist() == [0, 0, 0, 2, 0] and b.action_transitions[3].tolist() == [0, 0, 1, 0, 0]
-
-
-def test_markov_is_fitted_at_cutoffs_and_backs_off():
-    """One user, events 2,3,2,3 then the labelled next item 4 at the cutoff: consecutive steps say 3 -> 2 as often as
-    3 -> 4, the cutoff says 3 -> 4; item 2 was never last at a cutoff (back-off to consecutive steps: 2 -> 3)."""
-    train = {
-        "item_idx_seq": torch.tensor([[2, 3, 2, 3]]), "event_type_idx_seq": torch.tensor([[2, 2, 2, 2]]),
-        "frequency": torch.tensor([4]), "user_key": torch.tensor([1]),
-        "next_item_idx": torch.tensor([4]), "next_event_type_idx": torch.tensor([2]), "next_label_mask": torch.tensor([1]),
-    }  # fmt: skip
-    b = fit_baselines(train, n_items=6, n_event_types=3)
-    tb = [0, 0, 2 / 6, 2 / 6, 1 / 6, 0]  # counts 2, 2, 1 over 5 events + 1
-    got = markov_scores(b, torch.tensor([3, 2, 5, 1]))
-    expected = torch.tensor([
-        [0, 0, tb[2], tb[3], 1 + tb[4], 0],  # at a cutoff: only 3 -> 4 counts
-        [0, 0, tb[2], 2 + tb[3], tb[4], 0],  # never last at a cutoff: 2 -> 3 twice among consecutive events
-        tb,  # never followed: popularity
-        tb,  # OOV: popularity
-    ], dtype=torch.float64)  # fmt: skip
-    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
-
-
-def test_item_baseline_scores_and_ranks():
-    b = fit_baselines(_train_tensors(), n_items=5, n_event_types=5)
-    tb = [0, 0, 3 / 9, 3 / 9, 2 / 9]  # popularity / (total + 1): orders ties only
-    assert torch.allclose(markov_scores(b, torch.tensor([3, 1])), torch.tensor([[0, 0, tb[2], tb[3], 2 + tb[4]], tb], dtype=torch.float64))
-    assert torch.allclose(repeat_last_scores(b, torch.tensor([4, 1])), torch.tensor([[0, 0, tb[2], tb[3], 1 + tb[4]], tb], dtype=torch.float64))
-    target, mask = torch.tensor([4, 2, 3, 2]), torch.ones(4, dtype=torch.long)
-    last = torch.tensor([3, 3, 4, 1])  # 4: never last at a train cutoff (back-off: 4 -> 2); OOV last item: popularity only
-
-    def ranks(score_rows):
-        r = ranks_in_batches(score_rows, target, mask)
-        return r.above.tolist(), r.tied.tolist()
-
-    # items 2 and 3 are equally popular: a target among them is tied with the other one
-    assert ranks(lambda r: popularity_scores(b, len(target[r]))) == ([2, 0, 0, 0], [0, 1, 1, 1])
-    assert ranks(lambda r: markov_scores(b, last[r])) == ([0, 1, 1, 0], [0, 1, 0, 1])
-    assert ranks(lambda r: repeat_last_scores(b, last[r])) == ([2, 1, 1, 0], [0, 0, 1, 1])
-
-
-def test_last_item_and_type_and_action_baselines():
-    data = _train_tensors()
-    assert last_items(data).tolist() == [3, 2, 3, 2]
-    assert last_event_types(data).tolist() == [2, 4, 2, 3]
-    b = fit_baselines(data, n_items=5, n_event_types=5)
-    pred = action_baseline_predictions(b, np.array([2, 3, 4, 0]))
-    assert pred["most_popular"].tolist() == [3, 3, 3, 3]  # 3 follows twice, 2 once
-    assert pred["markov"].tolist() == [3, 2, 3, 3]  # after 2 -> 3; after 3 -> 2; unseen 4 and padding -> most popular
-    assert pred["repeat_last"].tolist() == [2, 3, 4, 0]
-
-
-def test_profile_logistic_regression_uses_only_labelled_rows():
-    assert signed_log1p(np.array([-1.0, 0.0, math.e - 1])).tolist() == pytest.approx([-math.log(2), 0.0, 1.0])
-    x = np.array([[0.0, 2], [1, 2], [2, 3], [10, 3], [20, 2], [30, 3], [0, 2], [30, 2]])
-    y = np.array([0, 0, 0, 1, 1, 1, -100, -100])  # censored rows: label -100 (three classes would fail the fit)
-    mask = np.array([1, 1, 1, 1, 1, 1, 0, 0])
-    lr = fit_profile_baseline(x, y, mask, n_numeric=1, n_embedded=1)
-    assert lr.n_train == 6 and lr.train_rate == 0.5
-    p = lr.predict_proba(x[:6])
-    assert (np.diff(p[[0, 1, 3, 5]]) > 0).all() and p[0] < 0.5 < p[5]
-    # features: signed log1p then standardised (log1p(e-1) = 1), embedded column one-hot
-    features = lr.pipeline[0]  # type: ignore[index]
-    z = np.log1p(x[:6, 0])
-    got = features.transform(np.array([[math.e - 1, 2], [0.0, 3]]))
-    assert np.allclose(got, [[(1 - z.mean()) / z.std(), 1.0, 0.0], [(0 - z.mean()) / z.std(), 0.0, 1.0]], rtol=0, atol=1e-12)
-    single = fit_profile_baseline(x, np.array([0, 0, 0, 0, 0, 1, -100, -100]), np.array([1, 1, 1, 1, 1, 0, 0, 0]), 1, 1)
-    assert single.pipeline is None and single.predict_proba(x).tolist() == [0.0] * 8
-    # The summary columns (after the embedded ones) are standardised as they are, not log-transformed.
-    xs = np.hstack([x, np.array([[4.0], [0], [4], [0], [4], [0], [9], [9]])])
-    with_summary = fit_profile_baseline(xs, y, mask, n_numeric=1, n_embedded=1, n_summary=1)
-    assert np.allclose(with_summary.pipeline[0].transform(xs[:2])[:, -1], [1.0, -1.0], rtol=0, atol=1e-12)  # type: ignore[index]
-
-
-def test_lightgbm_baseline_fixed_parameters_and_labelled_rows_only():
-    rng = np.random.default_rng(0)
-    x = np.column_stack([rng.random(400) * 10, rng.integers(0, 3, 400), rng.random(400)])
-    y = ((x[:, 0] > 5) ^ (x[:, 1] == 2)).astype(np.int64)  # a threshold crossed with a category: needs a tree
-    mask = np.ones(400, dtype=np.int64)
-    mask[-50:] = 0
-    y[-50:] = -100
-    gbm = fit_profile_baseline(x, y, mask, n_numeric=1, n_embedded=1, n_summary=1, kind="lightgbm")
-    params = gbm.pipeline.get_params()  # type: ignore[attr-defined]
-    assert {k: params[k] for k in ("n_estimators", "num_leaves", "learning_rate", "min_child_samples", "random_state")} == {
-        "n_estimators": 200, "num_leaves": 15, "learning_rate": 0.05, "min_child_samples": 20, "random_state": 0
-    } and LIGHTGBM_PARAMS["n_estimators"] == 200  # fmt: skip
-    assert gbm.n_train == 350
-    test = np.array([[2.0, 0, 0.5], [8.0, 0, 0.5], [2.0, 2, 0.5], [8.0, 2, 0.5]])
-    assert (gbm.predict_proba(test).round() == [0, 1, 1, 0]).all()
-    with pytest.raises(ValueError, match="unknown profile baseline 'xgb'"):
-        fit_profile_baseline(x, y, mask, 1, 1, kind="xgb")
-
-
-def test_baseline_features_are_the_profiles_plus_the_models_window_summary():
-    schema = {
-        "columns": [
-            {"name": "item_idx_seq", "role": "sequence", "shape": [4], "embedding": "item"},
-            {"name": "event_type_idx_seq", "role": "sequence", "shape": [4], "embedding": "event_type"},
-            {"name": "dt_bucket_seq", "role": "sequence", "shape": [4], "embedding": "dt_bucket"},
-            {"name": "session_start_seq", "role": "sequence", "shape": [4], "embedding": "session_start"},
-            {"name": "frequency", "role": "profile", "shape": []},
-            {"name": "top_category_idx", "role": "profile", "shape": [], "embedding": "category"},
-        ],
-        "embedding_sizes": {"item": 8, "event_type": 4, "dt_bucket": 5, "session_start": 2, "category": 3},
-        "max_len": 4,
-    }
-    data = {
-        "item_idx_seq": torch.tensor([[0, 5, 6, 7]]), "event_type_idx_seq": torch.tensor([[0, 2, 3, 2]]),
-        "dt_bucket_seq": torch.tensor([[0, 3, 1, 2]]), "session_start_seq": torch.tensor([[0, 1, 0, 1]]),
-        "frequency": torch.tensor([12]), "top_category_idx": torch.tensor([2]),
-    }  # fmt: skip
-    x, n_numeric, n_embedded, n_summary = baseline_features(data, schema)
-    assert (n_numeric, n_embedded, n_summary) == (1, 1, 9)
-    # sessions start at positions 1 and 3: last one 1 event, the one before 2; gap buckets 2/4 and 3/4; 2 sessions;
-    # event-type shares 0, 0, 2/3, 1/3
-    expected = [12, 2, math.log(2), math.log(3), 0.5, 0.75, math.log(3), 0, 0, 2 / 3, 1 / 3]
-    assert x.shape == (1, 11) and np.allclose(x[0], expected, rtol=0, atol=1e-6)
-
-
-def test_sequence_baselines_tie_break_below_one():
-    b = SequenceBaselines(np.array([0.0, 0.0, 5.0, 1.0]), None, np.zeros(3), np.zeros((3, 3)))  # type: ignore[arg-type]
-    assert b.tie_break.max() < 1.0 and b.tie_break.tolist() == [0, 0, 5 / 7, 1 / 7]
-
-
 # --------------------------------------------------------------------------- shopseq evaluate on the trained fixture
 
 METHODS = {
@@ -470,9 +406,8 @@ def _expected_keys(ks: list[int]) -> set[tuple]:
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
-    from shopseq.jobs.stages.evaluate import run_evaluate
-
-    return run_evaluate(trained.tables, trained.cfg)
+    """The evaluate stage's result in the shared pipeline run (it evaluated the trained model's best checkpoint)."""
+    return trained.run["evaluation"]
 
 
 def _stored(tables, evaluation_id: str) -> list[dict]:
@@ -518,8 +453,6 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     assert evaluated["model_version"] == f"{trained.train['mlflow_run_id']}-e{evaluated['checkpoint_epoch']:04d}"
 
     # The per-row ranks beside the report reproduce the stored HR@10 of every next-item method (peer comparisons pair with them).
-    import numpy as np
-
     from shopseq.jobs.stages.evaluate import RANKS_FILE
 
     saved = np.load(os.path.join(evaluated["report_dir"], RANKS_FILE))
@@ -530,15 +463,18 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
         stored = next(r["value"] for r in rows if (r["task"], r["metric"], r["k"], r["method"]) == ("next_item", "hr", 10, method))
         assert hr10 == pytest.approx(stored, abs=1e-12), method
 
-    # The model's numbers agree with the training metric code run independently on the same checkpoint.
+    # The model's numbers: the checkpoint's scores of gold_test, each labelled row's positions counted directly
+    # (_expected_by_positions shares no code with the evaluation's ranking).
     model, _ = load_model(os.path.join(trained.train["checkpoint_dir"], "best.pt"))
     out = predict_tensors(model, data)
-    scores = model.item_scores(out["hidden_last"], data["item_idx_seq"], out["repeat_last"])  # with the window's repeat mixture (train.repeat)
-    hits, ndcg, n = batch_ranking_sums(scores, data["next_item_idx"], data["next_label_mask"], k=10).tolist()
+    with torch.no_grad():
+        scores = model.item_scores(out["hidden_last"], data["item_idx_seq"], out["repeat_last"])  # with the window's repeat mixture (train.repeat)
+    kept = data["next_label_mask"].numpy() == 1
+    direct = _expected_by_positions(scores.double().numpy()[kept], data["next_item_idx"].numpy()[kept], 10).mean(axis=0)
     value = {(r["task"], r["metric"], r["k"], r["method"]): r["value"] for r in rows}
-    assert n == masked["next_item"]
-    assert value[("next_item", "hr", 10, "model")] == pytest.approx(hits / n, abs=1e-9)
-    assert value[("next_item", "ndcg", 10, "model")] == pytest.approx(ndcg / n, abs=1e-6)
+    for i, metric in enumerate(("hr", "ndcg", "mrr")):
+        assert value[("next_item", metric, 10, "model")] == pytest.approx(direct[i], abs=1e-9), metric
+    n = masked["next_item"]
     n_oov = int(((data["next_label_mask"] == 1) & (data["next_item_idx"] < 2)).sum())
     for method in METHODS["next_item"]:
         assert value[("next_item", "oov_share", None, method)] == pytest.approx(n_oov / n, abs=1e-12)
@@ -560,15 +496,20 @@ def test_evaluate_writes_metrics_table_and_report(trained, evaluated):
     text = open(evaluated["report_path"]).read()
     assert "![metric@K](metric_at_k.png)" in text and "![model vs baselines](model_vs_baselines.png)" in text
     assert "lightgbm" in text and "OOV share" in text and "percentile bootstrap over users (1000 resamples" in text
-    assert {c["task"] for c in evaluated["comparison"]} == set(METHODS)
+    # The comparison is made of the stored rows of each task's primary metric, the model's and every baseline's value
+    # and interval as recorded (how intervals become verdicts and outcomes: test_compare_by_interval_beats_ties_loses).
+    recorded = {(r["task"], r["metric"], r["k"], r["method"]): r for r in rows}
+    primary = {"next_item": ("ndcg", 10), "next_action": ("macro_f1", None), "purchase": ("roc_auc", None), "churn": ("roc_auc", None)}
+    assert [c["task"] for c in evaluated["comparison"]] == list(primary)
     for c in evaluated["comparison"]:
-        assert c["interval"] == "bootstrap" and [b["name"] for b in c["baselines"]] == list(METHODS[c["task"]][1:])
+        metric, k = primary[c["task"]]
+        model_row = recorded[(c["task"], metric, k, "model")]
+        assert c["metric"] == (f"{metric}@{k}" if k else metric) and c["interval"] == "bootstrap"
+        assert (c["model"], c["model_low"], c["model_high"]) == (model_row["value"], model_row["ci_low"], model_row["ci_high"])
+        assert [b["name"] for b in c["baselines"]] == list(METHODS[c["task"]][1:])
         for b in c["baselines"]:
-            assert b["diff"] == pytest.approx(c["model"] - b["value"], abs=1e-12) and b["diff_low"] <= b["diff_high"]
-            assert b["verdict"] == ("better" if b["diff_low"] > 0 else "worse" if b["diff_high"] < 0 else "tie")
-        verdicts = {b["verdict"] for b in c["baselines"]}
-        assert c["outcome"] == ("loses" if "worse" in verdicts else "beats" if verdicts == {"better"} else "ties")
-        print(c["task"], c["metric"], c["model"], c["baselines"], c["outcome"])  # shown with -s: the numbers behind the summary
+            r = recorded[(c["task"], metric, k, b["name"])]
+            assert (b["value"], b["ci_low"], b["ci_high"]) == (r["value"], r["ci_low"], r["ci_high"]), (c["task"], b["name"])
 
 
 def test_evaluation_is_logged_to_the_training_run(trained, evaluated):

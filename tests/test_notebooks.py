@@ -44,11 +44,7 @@ def test_notebooks_define_no_logic():
 
 
 def test_notebooks_run_top_to_bottom(trained, monkeypatch):
-    from shopseq.jobs.stages.evaluate import run_evaluate
-    from shopseq.jobs.stages.predict import run_predict
-
-    evaluation = run_evaluate(trained.tables, trained.cfg)
-    run_predict(trained.tables, trained.cfg)
+    evaluation = trained.run["evaluation"]  # the shared pipeline run evaluated and predicted
     monkeypatch.setenv("SHOPSEQ_DATA_ROOT", str(trained.root))
 
     out = "\n".join(first := execute("01_sessions_and_features.ipynb"))

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO
 
 TASKS = ("next_item", "next_action", "purchase", "churn")
+EPOCHS = 2
 
 
 @pytest.mark.e2e
@@ -28,7 +29,11 @@ def test_run_taobao_leave_one_out_writes_every_table_and_the_model_beats_markov_
     if not path.is_file():
         pytest.skip(f"{path} not found")
     # conf/datasets/taobao.yaml (applied by --format taobao) sets the window and horizons; --set app.data_root wins over its root.
-    args = ["--conf-dir", str(REPO / "conf"), "--input", str(path), "--format", "taobao", "--protocol", "recbole_loo", "--set", f"app.data_root={tmp_path}"]
+    # Default model settings except the epochs: 2 of the default 8 (train was 150 of the run's 221 s). The claim still
+    # holds there: two thirds of the test targets are in the user's window, which the repeat mixture ranks from its first
+    # epochs on, and the margins over Markov and repeat-last are wide (docs/model-and-evaluation.md).
+    args = ["--conf-dir", str(REPO / "conf"), "--input", str(path), "--format", "taobao", "--protocol", "recbole_loo",
+            "--set", f"app.data_root={tmp_path}", "--set", f"train.epochs={EPOCHS}"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     versions = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s+[\d,]+\s+(?:yes|no)\s", out, re.M)}
@@ -47,3 +52,4 @@ def test_run_taobao_leave_one_out_writes_every_table_and_the_model_beats_markov_
     baselines = {b["name"]: b for b in next_item["baselines"]}
     for name in ("markov", "repeat_last"):
         assert baselines[name]["diff_low"] > 0, (name, baselines[name])
+    assert re.search(rf"^Training:\s+{EPOCHS} epoch\(s\)", out, re.M), out

@@ -1,7 +1,9 @@
 """`shopseq run`: the whole pipeline from the CLI entry point, its summary, and a second run that changes nothing.
 
-The generated run is also issue 5's end-to-end check (generated data -> 2 Horovod ranks -> the model beats
-popularity, the checkpoint's lineage reads back the exact gold rows it trained on): one pipeline serves both.
+The pipeline is the suite's shared ``trained`` run (tests/conftest.py: generated data -> 2 Horovod ranks ->
+evaluate -> predict); these tests read its summary and tables, and run ``shopseq run`` a second time through
+the CLI on a copy of its data root. It is also issue 5's end-to-end check (the model beats popularity; the
+checkpoint's lineage reads back the exact gold rows it trained on).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TRAINED_OVERRIDES
+from tests.conftest import EPOCHS, REPO, TRAINED_OVERRIDES, copy_root
 
 TASKS = ("next_item", "next_action", "purchase", "churn")
 # The tables a run on generated data writes (it has no dirty rows, so no quarantine table).
@@ -19,17 +21,8 @@ WRITTEN = ("bronze_events", "run_metrics", "silver_events", "sessions", "vocab",
 # Stages that find their inputs unchanged on a second run, and the tables they leave at the same version.
 SKIPPED_ON_RERUN = ("generate", "sessionize", "features", "train", "evaluate")
 UNCHANGED_ON_RERUN = ("bronze_events", "silver_events", "sessions", "vocab", "gold_train", "gold_val", "gold_test", "metrics")
-
-
-def _two_rank_overrides() -> list[str]:
-    """The shared small config with 400 users, trained for up to 10 epochs by 2 Horovod ranks on the test's Spark session."""
-    two_ranks = {
-        "generate.users": "400", "features.train_ranks": "2", "train.launcher": "spark", "train.num_proc": "2",
-        # Per rank: batch 32 at lr 0.0015 is global batch 64 at lr 0.003 once Horovod scales lr by 2 ranks.
-        "train.epochs": "10", "train.dim": "64", "train.batch_size": "32", "train.lr": "0.0015", "train.patience": "10",
-    }  # fmt: skip
-    out = [o for o in TRAINED_OVERRIDES if o.split("=", 1)[0] not in two_ranks]
-    return out + [f"{k}={v}" for k, v in two_ranks.items()]
+# The summary's metric column -> the metrics table's (metric, k).
+METRIC = {"ndcg@10": ("ndcg", 10), "macro_f1": ("macro_f1", None), "roc_auc": ("roc_auc", None)}
 
 
 def _args(root: Path, *extra: str, overrides: list[str]) -> list[str]:
@@ -48,49 +41,43 @@ def _task_rows(summary: str) -> dict[str, str]:
 
 @pytest.mark.e2e
 @pytest.mark.horovod
-def test_run_generated_two_ranks_then_rerun_changes_nothing(spark, tmp_path, capsys):
-    from shopseq.jobs.config import load_config
-    from shopseq.jobs.stages.run import main
-    from shopseq.jobs.tables import TableIO
-
-    overrides = _two_rank_overrides()
-    tables = TableIO(spark, load_config("local", REPO / "conf", [f"app.data_root={tmp_path}", *overrides]))
-
-    assert main(_args(tmp_path, overrides=overrides)) == 0
-    first = capsys.readouterr().out
-    versions = _table_versions(first)
-    assert set(WRITTEN) <= set(versions), first
+def test_the_run_summary_shows_each_table_s_version_and_what_evaluate_wrote(trained):
+    summary, tables = trained.summary, trained.tables
+    versions = _table_versions(summary)
+    assert set(WRITTEN) <= set(versions), summary
     assert versions == {t: tables.version(t) for t in versions}  # the summary shows each table's real version
-    rows = _task_rows(first)
-    assert set(rows) == set(TASKS), first
-    assert "most_popular" in rows["next_item"] and "markov" in rows["next_item"] and "repeat_last" in rows["next_item"]
-    assert "logistic_regression" in rows["purchase"] and "logistic_regression" in rows["churn"]
-    assert all(re.search(r"\s(yes|no)\s+(beats|ties|loses)$", r) for r in rows.values()), rows
-    report = re.search(r"^Report:\s+(\S+)$", first, re.M)
+    for stage in ("generate", "ingest", "sessionize", "features", "train", "evaluate", "predict"):
+        assert re.search(rf"^{stage}\s+[\d.]+\s+done$", summary, re.M), summary
+    # Each task's row: the metric, the model's test value as the metrics table holds it, the baselines by name, and
+    # the outcome evaluate decided (its rule is tested on hand-computed intervals in tests/test_evaluate.py).
+    rows = _task_rows(summary)
+    assert set(rows) == set(TASKS), summary
+    metrics = {(r["task"], r["metric"], r["k"], r["method"]): r["value"] for r in tables.read("metrics").where("split = 'test'").collect()}
+    outcome = {c["task"]: c["outcome"] for c in trained.run["evaluation"]["comparison"]}
+    expected_baselines = {"next_item": ("most_popular", "markov", "repeat_last"), "next_action": ("most_popular", "repeat_last"),
+                          "purchase": ("logistic_regression",), "churn": ("logistic_regression",)}  # fmt: skip
+    for task, row in rows.items():
+        cells = row.split()
+        metric, k = METRIC[cells[1]]
+        assert float(cells[2]) == pytest.approx(metrics[(task, metric, k, "model")], abs=5e-5), row
+        assert all(f" {b} " in row for b in expected_baselines[task]), row
+        assert cells[-1] == outcome[task] and cells[-2] == ("yes" if outcome[task] == "beats" else "no"), row
+    report = re.search(r"^Report:\s+(\S+)$", summary, re.M)
     assert report and Path(report[1]).is_file()
-    assert re.search(rf"^Checkpoints: {re.escape(str(tmp_path))}/checkpoints$", first, re.M)
-    assert re.search(rf"^MLflow:\s+file:{re.escape(str(tmp_path))}/mlruns \(experiment shopseq, run \w+\)$", first, re.M)
+    assert re.search(rf"^Training:\s+{EPOCHS} epoch\(s\), last train loss \d+\.\d{{4}}, val NDCG@10 \d\.\d{{4}}$", summary, re.M), summary
+    assert re.search(rf"^Checkpoints: {re.escape(str(trained.root))}/checkpoints$", summary, re.M)
+    assert re.search(rf"^MLflow:\s+file:{re.escape(str(trained.root))}/mlruns \(experiment shopseq, run \w+\)$", summary, re.M)
     assert tables.history("gold_train")[0]["metadata"]["lineage"]["features"]["train_ranks"] == 2
 
-    _assert_the_model_learned_and_beats_popularity(tables, tmp_path)
 
-    assert main(_args(tmp_path, overrides=overrides)) == 0
-    second = capsys.readouterr().out
-    again = _table_versions(second)
-    assert {t: again[t] for t in UNCHANGED_ON_RERUN} == {t: versions[t] for t in UNCHANGED_ON_RERUN}
-    for stage in SKIPPED_ON_RERUN:
-        assert re.search(rf"^{stage}\s+[\d.]+\s+skipped \(up to date\)$", second, re.M), second
-    assert re.search(r"^ingest\s+[\d.]+\s+done \(no new rows: all duplicates\)$", second, re.M), second
-    assert again["run_metrics"] == versions["run_metrics"] + 1  # every ingest records its run, even one that adds nothing
-    assert _task_rows(second) == rows
-    _assert_time_travel_reads_the_rows_training_read(spark, tables, tmp_path)
-
-
-def _assert_the_model_learned_and_beats_popularity(tables, root: Path) -> None:
+@pytest.mark.e2e
+@pytest.mark.horovod
+def test_the_model_learned_and_beats_popularity(trained):
     """The loss falls over the epochs; on gold_test the model's next-item NDCG@10 is clearly above most-popular's and its purchase AUC above chance."""
     from shopseq.training.checkpoint import load_model
 
-    _, state = load_model(root / "checkpoints" / "best.pt")
+    tables = trained.tables
+    _, state = load_model(trained.root / "checkpoints" / "best.pt")
     hist = state["history"]
     assert len(hist) >= 2 and hist[-1]["train_loss"] < hist[0]["train_loss"], [h["train_loss"] for h in hist]
     assert state["lineage"]["gold_train_version"] == tables.version("gold_train")
@@ -104,20 +91,34 @@ def _assert_the_model_learned_and_beats_popularity(tables, root: Path) -> None:
     assert auc is not None and auc > 0.6, auc  # margin 0.1 over chance
 
 
-def _assert_time_travel_reads_the_rows_training_read(spark, tables, root: Path) -> None:
-    """gold_train moves on, and its version in the checkpoint's lineage still reads exactly the rows training read.
+@pytest.mark.e2e
+@pytest.mark.horovod
+def test_a_second_run_through_the_cli_changes_nothing_and_time_travel_reads_the_trained_rows(spark, trained, tmp_path, capsys):
+    """The second ``shopseq run`` is on the shared root itself (a copy would re-evaluate: evaluate's lineage names the
+    checkpoint's path); it adds only an all-duplicates audit row and rewrites predict's own partition with the same rows,
+    which the tests sharing the run allow for. Time travel overwrites gold_train, so it runs on a copy."""
+    from shopseq.jobs.config import load_config
+    from shopseq.jobs.stages.predict import PREDICTIONS
+    from shopseq.jobs.stages.run import main
+    from shopseq.jobs.tables import TableIO
 
-    (The files Delta's log lists for that version, which train.py hands to Petastorm.)
-    """
-    from shopseq.training.checkpoint import load_model
+    from tests.checksums import checksum
 
-    used = load_model(root / "checkpoints" / "best.pt")[1]["lineage"]["gold_train_version"]
-    trained_on = spark.read.parquet(*tables.files("gold_train", version=used))
-    tables.overwrite("gold_train", tables.read("gold_train").limit(5), metadata={"test": "a later gold"})
-    assert tables.version("gold_train") == used + 1 and tables.read("gold_train").count() == 5
-    again = tables.read("gold_train", version=used)
-    assert again.count() == trained_on.count() > 5
-    assert again.exceptAll(trained_on).count() == 0 and trained_on.exceptAll(again).count() == 0
+    versions = _table_versions(trained.summary)
+    predicted = checksum(trained.tables.read(PREDICTIONS).drop("scored_at"))
+    assert main(_args(trained.root, overrides=TRAINED_OVERRIDES)) == 0
+    second = capsys.readouterr().out
+    again = _table_versions(second)
+    assert {t: again[t] for t in UNCHANGED_ON_RERUN} == {t: versions[t] for t in UNCHANGED_ON_RERUN}
+    for stage in SKIPPED_ON_RERUN:
+        assert re.search(rf"^{stage}\s+[\d.]+\s+skipped \(up to date\)$", second, re.M), second
+    assert re.search(r"^ingest\s+[\d.]+\s+done \(no new rows: all duplicates\)$", second, re.M), second
+    assert again["run_metrics"] >= versions["run_metrics"] + 1  # every ingest records its run, even one that adds nothing
+    assert _task_rows(second) == _task_rows(trained.summary)
+    assert checksum(trained.tables.read(PREDICTIONS).drop("scored_at")) == predicted  # its partition replaced by the same rows
+
+    root = copy_root(trained, tmp_path / "root")
+    _assert_time_travel_reads_the_rows_training_read(spark, TableIO(spark, load_config("local", REPO / "conf", [f"app.data_root={root}", *TRAINED_OVERRIDES])), root)
 
 
 def test_run_stage_subset_and_bad_stage(spark, tmp_path, capsys):
@@ -213,3 +214,19 @@ def test_summary_text():
         "Checkpoints: /data/checkpoints\n"
         "MLflow:      file:/data/mlruns (experiment shopseq, run run1)\n"
     )
+
+
+def _assert_time_travel_reads_the_rows_training_read(spark, tables, root: Path) -> None:
+    """gold_train moves on, and its version in the checkpoint's lineage still reads exactly the rows training read.
+
+    (The files Delta's log lists for that version, which train.py hands to Petastorm.)
+    """
+    from shopseq.training.checkpoint import load_model
+
+    used = load_model(root / "checkpoints" / "best.pt")[1]["lineage"]["gold_train_version"]
+    trained_on = spark.read.parquet(*tables.files("gold_train", version=used))
+    tables.overwrite("gold_train", tables.read("gold_train").limit(5), metadata={"test": "a later gold"})
+    assert tables.version("gold_train") == used + 1 and tables.read("gold_train").count() == 5
+    again = tables.read("gold_train", version=used)
+    assert again.count() == trained_on.count() > 5
+    assert again.exceptAll(trained_on).count() == 0 and trained_on.exceptAll(again).count() == 0

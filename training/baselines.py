@@ -1,6 +1,31 @@
-"""The literature's next-item baselines, fitted on the gold train split and scored over the full catalogue.
+"""The next-item and next-event-type baselines, fitted on the gold train split and scored over the full catalogue.
 
-Pure numpy / scipy.sparse / torch: no Spark, no I/O. Every scorer is fitted
+Pure numpy / scipy.sparse / torch: no Spark, no I/O. The purchase and churn
+baselines are in :mod:`shopseq.training.profile_baselines`.
+
+**most_popular, markov, repeat_last** (:func:`fit_baselines`: counts of the
+unique train events, :class:`SequenceBaselines`):
+
+* ``most_popular``: items by their count in the train data; next event type:
+  the most frequent next event type of the train examples.
+* ``markov`` (first order), fitted on the kind of transition it is scored on.
+  The next-item label at a cutoff is the first event after the cutoff, which
+  for session-end cutoffs is usually the next session's first item, not a
+  within-session step. So the next item is scored by how often it was the
+  label after a train cutoff whose window ended with the same last item
+  (``cutoff_transitions``). A last item never seen at a train cutoff backs off
+  to all consecutive train transitions from it (``transitions``), and one
+  never seen followed (or OOV) to popularity; popularity also orders the ties.
+  Under stride-1 cutoffs (every event a cutoff) the two kinds coincide. Next
+  event type: the most frequent next type after the last event's type at the
+  train cutoffs, falling back to the most frequent overall.
+* ``repeat_last``: the window's last item first, then popularity; next event
+  type: the last event's type.
+
+Item counts and transitions cover the events inside the train windows and
+the train next-item labels, each event once (see "Train data" below).
+
+**The literature's next-item baselines.** Every scorer is fitted
 with ``fit(train, n_items, params)`` and answers
 ``scores(data, rows) -> Tensor [n_rows, n_items] float64`` for the rows
 ``rows`` of a gold split ``data`` (a dict of tensors as
@@ -34,10 +59,10 @@ except by accident of floating point).
 **Train data** (:func:`train_events`): consecutive train windows of a user
 overlap, so each event is identified by ``(user_key, position)`` with the
 position of window slot ``j`` ``frequency - L + j`` and the next-item label
-at ``frequency`` (as in :mod:`shopseq.training.evaluation`), and kept once. An event
-seen in a window carries its ``session_start_seq`` flag and the earliest
-``cutoff_time_us`` of the windows holding it (the first moment the data shows
-it happened: an upper bound on its time, never in the future of that cutoff).
+at ``frequency``, and kept once. An event seen in a window carries its
+``session_start_seq`` flag and the earliest ``cutoff_time_us`` of the windows
+holding it (the first moment the data shows it happened: an upper bound on
+its time, never in the future of that cutoff).
 An event seen only as a label (the label of a user's last train example)
 starts a new session (under the default ``session_end`` cutoffs every label
 is the first event of the user's next session) and has no such time: it is
@@ -65,11 +90,12 @@ from scipy import sparse
 from torch import Tensor
 
 from shopseq.training.metrics import SPECIAL_ITEMS
-from shopseq.training.model import ITEM_FEATURE
+from shopseq.training.model import ITEM_FEATURE, last_valid_index
 
 log = logging.getLogger(__name__)
 
 SESSION_FEATURE = "session_start_seq"
+ACTION_FEATURE = "event_type_idx_seq"
 CUTOFF = "cutoff_time_us"
 US_PER_DAY = 86_400 * 1_000_000
 TIE_BREAK = 1e-6  # weight of the popularity rank that orders equal primary scores
@@ -281,6 +307,126 @@ class _Popularity:
     def scores(self, data: dict[str, Tensor], rows: slice) -> Tensor:
         """``[n_rows, n_items]`` float64 (see the module docstring)."""
         return finish(self.primary(data, rows), self.pop_rank)
+
+
+# --------------------------------------------------------------------------- most popular, Markov, repeat-last (next item and next event type)
+
+
+@dataclass(frozen=True)
+class SequenceBaselines:
+    """Counts from the train split that ``most_popular``, ``markov`` and ``repeat_last`` score with."""
+
+    item_counts: np.ndarray  # [n_items] float64: occurrences in the train data (each event once)
+    transitions: sparse.csr_matrix  # [n_items, n_items]: times item j followed item i (consecutive train events)
+    action_counts: np.ndarray  # [n_event_types]: next event types of the train examples
+    action_transitions: np.ndarray  # [n_event_types, n_event_types]: next type by the last event's type
+    cutoff_transitions: sparse.csr_matrix | None = None  # [n_items, n_items]: times j was the label after a train cutoff ending with i
+
+    @property
+    def tie_break(self) -> np.ndarray:
+        """Popularity scaled into [0, 1): added to whole-number scores, it only orders their ties."""
+        return self.item_counts / (self.item_counts.sum() + 1.0)
+
+
+def _count_matrix(src: np.ndarray, dst: np.ndarray, n_items: int) -> sparse.csr_matrix:
+    m = sparse.csr_matrix((np.ones(len(src)), (src, dst)), shape=(n_items, n_items), dtype=np.float64)
+    m.sum_duplicates()
+    return m
+
+
+def fit_baselines(train: dict[str, Tensor], n_items: int, n_event_types: int) -> SequenceBaselines:
+    """Item counts, item transitions (consecutive and at cutoffs) and event-type counts from the gold train split.
+
+    Needs: ``item_idx_seq``, ``event_type_idx_seq``, ``session_start_seq``,
+    ``frequency``, ``user_key``, ``next_item_idx``, ``next_event_type_idx``,
+    ``next_label_mask``. Items and transitions are counted over the unique
+    train events (:func:`train_events`); see the module docstring for what
+    each baseline counts.
+    """
+    events = train_events(train)
+    users, pos, items = events.user, events.pos, events.item  # sorted by (user, position)
+    real = items >= SPECIAL_ITEMS
+    counts = np.bincount(items[real], minlength=n_items)[:n_items].astype(np.float64)
+    # Consecutive events of a user: pairs one position apart.
+    pair = (users[1:] == users[:-1]) & (pos[1:] == pos[:-1] + 1) & real[:-1] & real[1:]
+    transitions = _count_matrix(items[:-1][pair], items[1:][pair], n_items)
+    # (last window item -> labelled next item) at each labelled train cutoff, once per (user, cutoff).
+    m = train["next_label_mask"].numpy().astype(bool)
+    last, nxt_item = last_items(train).numpy()[m], train["next_item_idx"].long().numpy()[m]
+    _, once = np.unique(np.stack([train["user_key"].long().numpy()[m], train["frequency"].long().numpy()[m]], axis=1), axis=0, return_index=True)
+    ok = np.zeros(len(last), dtype=bool)
+    ok[once] = True
+    ok &= (last >= SPECIAL_ITEMS) & (nxt_item >= SPECIAL_ITEMS)
+    cutoff_transitions = _count_matrix(last[ok], nxt_item[ok], n_items)
+    # Next event types at the train cutoffs (each example is one cutoff).
+    nxt = train["next_event_type_idx"].long().numpy()[m]
+    last_type = last_event_types(train)[m]
+    action_counts = np.bincount(nxt, minlength=n_event_types)[:n_event_types].astype(np.float64)
+    action_transitions = np.zeros((n_event_types, n_event_types))
+    np.add.at(action_transitions, (last_type, nxt), 1.0)
+    return SequenceBaselines(counts, transitions, action_counts, action_transitions, cutoff_transitions)
+
+
+def last_items(data: dict[str, Tensor]) -> Tensor:
+    """The last valid item of each window (``[B]`` long)."""
+    seq = data[ITEM_FEATURE].long()
+    return seq[torch.arange(len(seq)), last_valid_index(seq)]
+
+
+def last_event_types(data: dict[str, Tensor]) -> np.ndarray:
+    """The event type of each window's last valid event."""
+    seq = data[ITEM_FEATURE].long()
+    types = data[ACTION_FEATURE].long()
+    return types[torch.arange(len(seq)), last_valid_index(seq)].numpy()
+
+
+def popularity_scores(b: SequenceBaselines, n_rows: int) -> Tensor:
+    """``most_popular``, ``[n_rows, n_items]``: every row scores items by their train count."""
+    return torch.from_numpy(b.item_counts).expand(n_rows, -1)
+
+
+def markov_scores(b: SequenceBaselines, last: Tensor) -> Tensor:
+    """``markov``, ``[B, n_items]``: counts of what followed each row's last item at train cutoffs, backing off to all
+    consecutive train transitions from it, then to popularity; popularity orders the ties."""
+    n_items = b.transitions.shape[0]
+    src = np.clip(last.long().numpy(), 0, n_items - 1)
+    cut = b.cutoff_transitions if b.cutoff_transitions is not None else sparse.csr_matrix((n_items, n_items))
+    at_cutoff = np.asarray(cut.sum(axis=1)).ravel()[src] > 0
+    rows = np.zeros((len(src), n_items))
+    if at_cutoff.any():
+        rows[at_cutoff] = cut[src[at_cutoff]].toarray()
+    if (~at_cutoff).any():
+        rows[~at_cutoff] = b.transitions[src[~at_cutoff]].toarray()
+    rows[src < SPECIAL_ITEMS] = 0.0  # padding / OOV last item: popularity only
+    return torch.from_numpy(rows + b.tie_break[None, :])
+
+
+def repeat_last_scores(b: SequenceBaselines, last: Tensor) -> Tensor:
+    """``repeat_last``, ``[B, n_items]``: each row's last item first, then the rest by popularity."""
+    scores = np.repeat(b.tie_break[None, :], len(last), axis=0)
+    src = last.long().numpy()
+    ok = (src >= SPECIAL_ITEMS) & (src < scores.shape[1])
+    scores[np.flatnonzero(ok), src[ok]] += 1.0
+    return torch.from_numpy(scores)
+
+
+def predict_action(probs: np.ndarray) -> np.ndarray:
+    """The most probable event type per row; padding (index 0) is never predicted (first index wins ties)."""
+    p = np.array(probs, dtype=np.float64, copy=True)
+    p[:, 0] = -np.inf
+    return p.argmax(axis=1)
+
+
+def action_baseline_predictions(b: SequenceBaselines, last_types: np.ndarray) -> dict[str, np.ndarray]:
+    """Predicted next event type per row for ``most_popular``, ``markov`` and ``repeat_last``."""
+    n_types = len(b.action_counts)
+    prior = b.action_counts / (b.action_counts.sum() + 1.0)  # < 1: orders the ties of whole counts
+    last = np.clip(np.asarray(last_types, dtype=np.int64), 0, n_types - 1)
+    return {
+        "most_popular": predict_action(np.repeat(prior[None, :], len(last), axis=0)),
+        "markov": predict_action(b.action_transitions[last] + prior[None, :]),
+        "repeat_last": np.asarray(last_types, dtype=np.int64),
+    }
 
 
 # --------------------------------------------------------------------------- recent popularity

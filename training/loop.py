@@ -118,7 +118,7 @@ def _configure_rank_logging(rank: int, level: str) -> None:
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    logging.getLogger("training").setLevel(level if rank == 0 else logging.WARNING)
+    logging.getLogger("shopseq.training").setLevel(level if rank == 0 else logging.WARNING)
 
 
 def train_fn(params: TrainParams) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def build_parser():
     return parser
 
 
-RENDERERS = {name: f"jobs.bench_{name}" for name in ("sessionize", "features", "train", "predict", "quality", "scale", "bot")} | {"scale_cluster": "shopseq.jobs.bench.scale"}
+RENDERERS = {name: f"shopseq.jobs.bench.{name}" for name in ("sessionize", "features", "train", "predict", "quality", "scale", "bot")} | {"scale_cluster": "shopseq.jobs.bench.scale"}
 
 
 def render_docs(out_dir: Path) -> list[Path]:

@@ -164,6 +164,26 @@ def _rate_dict(t: Timing, examples: int) -> dict[str, Any]:
     return as_dict(t) | {"examples_per_s_per_core": examples / t.seconds / t.cores, "examples_per_cpu_s": examples / t.cpu_s if t.cpu_s else float("nan")}
 
 
+def rates(feat: Timing, sess: Timing, copy: Timing, examples: int) -> dict[str, Any]:
+    """The features job's timed figures and its two ratios against the references timed in the same run.
+
+    ``features_over_sessionize``: input events/s/core of features over sessionize's; ``features_over_gold_copy``:
+    the copy's seconds over the features job's (the same rows on the same cores, so the ratio of examples/s/core).
+    """
+    return {
+        "seconds": feat.seconds,
+        "examples_per_s_per_core": examples / feat.seconds / feat.cores,
+        "events_per_s_per_core": feat.events_per_s_per_core,
+        "peak_rss_bytes": feat.peak_rss_bytes,
+        "peak_jvm_rss_bytes": feat.peak_jvm_rss_bytes,
+        "features": _rate_dict(feat, examples),
+        "sessionize": as_dict(sess),
+        "gold_copy": _rate_dict(copy, examples),
+        "features_over_sessionize": feat.events_per_s_per_core / sess.events_per_s_per_core,
+        "features_over_gold_copy": copy.seconds / feat.seconds,
+    }
+
+
 def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = False, repeat: int = 1) -> dict[str, Any]:
     """Benchmark the features job on about ``n`` generated events; the result dict of one size (see the module docstring)."""
     from shopseq.jobs.stages.build_features import run_features
@@ -218,16 +238,7 @@ def bench_one_size(spark: SparkSession, cfg: Config, n: int, regenerate: bool = 
         "gold_file_count": len(gold["gold_files"]),
         "gold_bytes": gold["gold_bytes"],
         "bytes_per_example": gold["bytes_per_example"],
-        "seconds": feat.seconds,
-        "examples_per_s_per_core": examples / feat.seconds / cores,
-        "events_per_s_per_core": feat.events_per_s_per_core,
-        "peak_rss_bytes": feat.peak_rss_bytes,
-        "peak_jvm_rss_bytes": feat.peak_jvm_rss_bytes,
-        "features": _rate_dict(feat, examples),
-        "sessionize": as_dict(sess),
-        "gold_copy": _rate_dict(copy, examples),
-        "features_over_sessionize": feat.events_per_s_per_core / sess.events_per_s_per_core,
-        "features_over_gold_copy": copy.seconds / feat.seconds,  # the same rows on the same cores: the ratio of rates
+        **rates(feat, sess, copy, examples),
     }
     log.info(
         "%d events: %d examples, %.0f examples/s/core, %.0f bytes/example, peak RSS %.2f GiB; "

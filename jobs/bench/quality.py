@@ -317,8 +317,7 @@ def peer_statistics(model_ranks: dict[str, Any], peer: dict[str, Any], name: str
     import numpy as np
     import torch
 
-    from shopseq.training.evaluation import mean_statistic, ranking_values
-    from shopseq.training.metrics import TargetRanks
+    from shopseq.training.metrics import TargetRanks, mean_statistic, ranking_values
 
     keys = model_ranks["user_key"]
     ranks = {u["user_key"]: (u["g"], u["t"]) for u in peer["models"][name]["test_ranks"]}

@@ -62,7 +62,7 @@ from shopseq.features.ingest import (
     time_bounds,
 )
 from shopseq.features.schema import EVENT_CONSTRAINTS, EVENT_SCHEMA
-from shopseq.jobs.common import Context, InputError, run_stage, stage_parser
+from shopseq.jobs.common import MAX_ROW_LIMIT, Context, InputError, row_limit, run_stage, stage_parser
 from shopseq.jobs.config import Config, ConfigError, SourceConfig
 from shopseq.jobs.sources import FORMATS, dataset_of, default_path, read_source, resolve_source
 from shopseq.jobs.tables import TableError, TableIO
@@ -100,7 +100,7 @@ def build_parser():
     parser = stage_parser("ingest", "Raw events -> validated bronze_events + quarantine, with a run_metrics row.")
     parser.add_argument("--input", default=None, metavar="PATH", help="input file, folder or glob (default: source.path; generated: <app.data_root>/raw/generated/events)")
     parser.add_argument("--format", default=None, metavar="NAME", help=f"source format: {', '.join(FORMATS)} (default: source.format)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="quick mode: ingest only the first N input lines/rows")
+    parser.add_argument("--limit", type=row_limit, default=None, metavar="N", help=f"quick mode: ingest only the first N input lines/rows (1 to {MAX_ROW_LIMIT})")
     return parser
 
 

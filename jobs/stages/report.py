@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from shopseq.training import storage
-from shopseq.training.evaluation import ACTION_METRICS, BINARY_METRICS, OOV_METRIC, PRIMARY_METRICS, RANKING_METRICS, Evaluation, MetricRow
+from shopseq.training.evaluation import PRIMARY_METRICS, Evaluation, MetricRow
+from shopseq.training.metrics import ACTION_METRICS, BINARY_METRICS, OOV_METRIC, RANKING_METRICS
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shopseq.jobs.catalog import BRONZE_EVENTS, TABLES, catalog
-from shopseq.jobs.common import Context, InputError, add_protocol_flag, protocol_layer, run_with_layers, stage_parser
+from shopseq.jobs.common import Context, InputError, add_protocol_flag, protocol_layer, row_limit, run_with_layers, stage_parser
 from shopseq.jobs.config import Config, default_conf_dir, to_dict
 from shopseq.jobs.sources import FORMATS
 from shopseq.jobs.tables import TableIO
@@ -81,7 +81,7 @@ def build_parser():
     )
     parser.add_argument("--input", default=None, metavar="PATH", help="real data: input file, folder or glob (the generate stage is left out)")
     parser.add_argument("--format", default=None, metavar="NAME", help=f"source format of --input: {', '.join(FORMATS)}")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="quick mode: ingest only the first N input lines/rows")
+    parser.add_argument("--limit", type=row_limit, default=None, metavar="N", help="quick mode: ingest only the first N input lines/rows")
     parser.add_argument("--stages", default=None, metavar="LIST", help=f"comma-separated subset to run, in pipeline order (default: all of {','.join(STAGES)})")
     add_protocol_flag(parser)
     return parser
