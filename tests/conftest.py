@@ -74,7 +74,7 @@ def trained(spark, tmp_path_factory: pytest.TempPathFactory):
     run); tests that write must work on a copy of ``root`` (``copy_root``) or leave its tables readable and
     its audit rows as they are. Returns a namespace with ``cfg``, ``tables``, ``root``, ``run`` (the
     pipeline's result, :func:`shopseq.jobs.stages.run.run_pipeline`), ``summary`` (the text ``shopseq run``
-    prints) and ``train`` (the train stage's result).
+    prints), ``train`` (the train stage's result) and ``versions`` (each table's Delta version when the run ended).
     """
     from types import SimpleNamespace
 
@@ -85,8 +85,11 @@ def trained(spark, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("trained")
     cfg = load_config("local", REPO / "conf", [f"app.data_root={root}", *TRAINED_OVERRIDES])
     tables = TableIO(spark, cfg)
+    from shopseq.jobs.catalog import TABLES
+
     result = run_pipeline(tables, cfg)
-    return SimpleNamespace(cfg=cfg, tables=tables, root=root, run=result, summary=format_summary(result), train=result["results"]["train"])
+    versions = {name: tables.version(name) for name in TABLES}  # read back from each table's log when the run ended
+    return SimpleNamespace(cfg=cfg, tables=tables, root=root, run=result, summary=format_summary(result), train=result["results"]["train"], versions=versions)
 
 
 def copy_root(trained, dest: Path, mlruns: bool = False) -> Path:

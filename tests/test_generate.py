@@ -304,7 +304,7 @@ def test_daily_and_weekly_rhythm(gen):
 
 
 def test_job_writes_parquet(spark, tmp_path):
-    from shopseq.jobs import generate as job
+    from shopseq.jobs.stages import generate as job
 
     landing = tmp_path / "raw" / "generated"
     spark.range(3).write.parquet(str(landing / "events"))  # a stale earlier output: must be replaced, not appended to

@@ -210,30 +210,21 @@ def test_unknown_protocol_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.shared_data
-def test_taobao_recbole_5core_counts(spark, shared_data: Path, tmp_path):
-    """RecBole's 5-core LOO on the Taobao sample: 477 users, 1,656 items, 11,892 events on the raw file;
-    through ingest, whose window quarantines 35 rows, 1,655 items and 11,887 events."""
-    from shopseq.jobs.stages.build_features import filter_events, run_features
-    from shopseq.jobs.stages.ingest import run_ingest
-    from shopseq.jobs.stages.sessionize import run_sessionize
-    from shopseq.jobs.tables import TableIO
+def test_taobao_recbole_5core_counts(spark, shared_data: Path):
+    """RecBole's 5-core filter on the raw Taobao sample: 477 users, 1,656 items, 11,892 events in 8 rounds.
+
+    Through ingest (whose window quarantines 35 rows) the same filter keeps 1,655 items and 11,887 events: the
+    Taobao leave-one-out run checks that and the splits it gives (tests/test_quality_taobao.py), so no second
+    pipeline runs here.
+    """
+    from shopseq.jobs.stages.build_features import filter_events
 
     path = shared_data / "taobao_head.csv"
     if not path.is_file():
         pytest.skip(f"{path} not found")
-    cfg = load_config("local", CONF, [f"app.data_root={tmp_path}"], [CONF / "datasets" / "taobao.yaml", CONF / "protocols" / "recbole_loo.yaml"])
+    cfg = load_config("local", CONF, [], [CONF / "datasets" / "taobao.yaml", CONF / "protocols" / "recbole_loo.yaml"])
     raw = spark.read.csv(str(path), schema="user_id string, item_id string, category_id string, behavior string, ts long")
     _, record = filter_events(raw.select("user_id", "item_id"), cfg.features)
     assert (record["before"], record["after"], record["rounds"]) == (
         {"users": 815, "items": 55368, "events": 84475}, {"users": 477, "items": 1656, "events": 11892}, 8
     )
-    tables = TableIO(spark, cfg)
-    run_ingest(tables, cfg, input_path=str(path), fmt="taobao")
-    run_sessionize(tables, cfg, plot=False)
-    out = run_features(tables, cfg)
-    assert out["protocol"] == "recbole_loo"
-    assert (out["filter"]["before"], out["filter"]["after"]) == ({"users": 815, "items": 55344, "events": 84440}, {"users": 477, "items": 1655, "events": 11887})
-    # One example per event: per user the last event's example (no next event) and the held-out one are test,
-    # one is val, the rest (11,887 - 3 x 477) train; every val and test user is one of the 477.
-    stats = {s: (v["examples"], v["users"], v["next_labeled"]) for s, v in out["stats"].items()}
-    assert stats == {"train": (10456, 477, 10456), "val": (477, 477, 477), "test": (954, 477, 477)}

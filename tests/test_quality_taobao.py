@@ -44,6 +44,13 @@ def test_run_taobao_leave_one_out_writes_every_table_and_the_model_beats_markov_
     assert re.search(r"^bronze_events\s+1\s+84,440\s", out, re.M)  # the 35 rows before 2017-11-25 +08:00 are quarantined
     assert re.search(r"^quarantine\s+1\s+35\s", out, re.M)
 
+    # RecBole's 5-core filter after ingest (tests/test_protocols.py checks it on the raw file), and one example per
+    # event: per user the last event's example (no next event) and the held-out one are test, one is val, the rest
+    # (11,887 - 3 x 477 = 10,456) train; every val and test user is one of the 477.
+    assert re.search(r"^Protocol:\s+recbole_loo: 477 of 815 users, 1,655 of 55,344 items, 11,887 of 84,440 events \(8 filter round\(s\)\)$", out, re.M), out
+    splits = {m[1]: int(m[2].replace(",", "")) for m in re.finditer(r"^gold_(train|val|test)\s+\d+\s+([\d,]+)\s", out, re.M)}
+    assert splits == {"train": 10456, "val": 477, "test": 954}, out
+
     (metrics,) = (tmp_path / "reports").glob("*/metrics.json")
     report = json.loads(metrics.read_text())
     assert (report["split"], report["n_examples"]["next_item"]) == ("test", 477)  # one target per user of the 5-core data
