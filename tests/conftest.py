@@ -92,14 +92,14 @@ def trained(spark, tmp_path_factory: pytest.TempPathFactory):
     return SimpleNamespace(cfg=cfg, tables=tables, root=root, run=result, summary=format_summary(result), train=result["results"]["train"], versions=versions)
 
 
-def copy_root(trained, dest: Path, mlruns: bool = False) -> Path:
+def copy_root(trained, dest: Path) -> Path:
     """A copy of the shared pipeline's data root to write in (Delta tables are relative to their folders).
 
-    Without ``mlruns`` the copy gets a new MLflow store (the runs the checkpoints name stay readable in the original).
+    The copy gets a new MLflow store (the runs the checkpoints name stay readable in the original).
     """
     import shutil
 
-    shutil.copytree(trained.root, dest, ignore=None if mlruns else shutil.ignore_patterns("mlruns"))
+    shutil.copytree(trained.root, dest, ignore=shutil.ignore_patterns("mlruns"))
     return dest
 
 
